@@ -1,0 +1,36 @@
+"""The ``adloop`` console script: one subcommand per job, each delegating to ``jobs.<module>.main``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Modules are imported only when their command runs, so
+# ``adloop --help`` is instant and one job's heavy imports never slow another.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: adloop COMMAND [options]   (adloop COMMAND --help for a command's options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"adloop: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

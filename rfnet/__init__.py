@@ -1,0 +1,1 @@
+"""RFNet, the multimodal reliability classifier: model, preprocessing, checkpoint, scorer, data, training."""

@@ -1,0 +1,66 @@
+"""The import layering DESIGN.md states, checked on the source (no imports executed).
+
+    cluster  <-  rfnet  <-  engine  <-  rfft  <-  jobs
+
+- ``cluster`` imports none of the other project packages;
+- ``rfnet`` never imports ``engine`` or ``rfft`` (training and inference meet through files);
+- ``engine`` never imports ``rfft`` (a fine-tuned ControlNet reaches it as a folder on disk);
+- nothing but ``jobs`` imports ``jobs``;
+- stage modules (what Ray Data calls) do not import ray, so tests can call them directly.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cluster", "rfnet", "engine", "rfft", "jobs")
+FORBIDDEN = {
+    "cluster": {"rfnet", "engine", "rfft", "jobs"},
+    "rfnet": {"engine", "rfft", "jobs"},
+    "engine": {"rfft", "jobs"},
+    "rfft": {"jobs"},
+    "jobs": set(),
+}
+# Modules whose classes Ray Data or Ray Serve instantiate: they must stay importable without ray.
+RAY_FREE = ["engine/generate.py", "engine/score.py", "engine/conditioning.py", "engine/models.py", "rfnet/scorer.py"]
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_every_package_exists():
+    for package in PACKAGES:
+        assert (ROOT / package / "__init__.py").is_file(), package
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_flow_one_way(package):
+    bad = []
+    for path in _sources(package):
+        illegal = _imported_top_levels(path) & FORBIDDEN[package]
+        bad += [f"{path.relative_to(ROOT)} imports {name}" for name in sorted(illegal)]
+    assert not bad, "layering violations:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("relpath", RAY_FREE)
+def test_stage_modules_do_not_import_ray(relpath):
+    path = ROOT / relpath
+    if not path.exists():
+        pytest.skip(f"{relpath} not written yet")
+    assert "ray" not in _imported_top_levels(path), f"{relpath} imports ray"
