@@ -1,0 +1,97 @@
+"""Typed configs of the generation path. Each field says what it means and its units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEDULERS = ("ddim", "euler_a", "dpmpp_sde_karras")
+
+
+@dataclass
+class GeneratorConfig:
+    """Which generator to build and how to sample from it."""
+
+    base_model: str = "tiny"
+    """``tiny`` | ``sd15`` (random-weight presets) | a diffusers SD 1.5-family folder | a single-file
+    ``.safetensors`` SD 1.5 checkpoint."""
+    controlnet: str | None = None
+    """A diffusers ControlNet folder (canny). ``None`` takes the preset's own random ControlNet; a real
+    base model needs one."""
+    base_config: str | None = None
+    """Only for a single-file checkpoint: a diffusers SD 1.5 folder whose configs and tokenizer describe
+    it (weights not needed). ``None`` uses the built-in SD 1.5 configs and the project's offline tokenizer,
+    which is fine for random or test weights but not CLIP's real vocabulary."""
+    lora: str | None = None
+    """A LoRA ``.safetensors`` file fused into the UNet (and text encoder, if it has weights for it)."""
+    lora_scale: float = 0.8
+    """LoRA strength when fused (the authors use 0.8). 0 leaves the model unchanged."""
+    scheduler: str = "ddim"
+    """``ddim`` (default, eta 0) | ``euler_a`` ("Euler a") | ``dpmpp_sde_karras`` ("DPM++ SDE Karras")."""
+    size: int = 512
+    """Canvas side in pixels (square). Must be a multiple of the model's VAE factor x 8."""
+    steps: int = 40
+    """Denoising steps per image."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale (1 disables CFG)."""
+    conditioning_scale: float = 1.0
+    """ControlNet residual scale."""
+    device: str = "auto"
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
+    dtype: str = "fp32"
+    """Weight precision on GPU: ``fp32`` | ``bf16`` | ``fp16`` (CPU always runs fp32)."""
+
+    def __post_init__(self) -> None:
+        self.scheduler = normalise_scheduler(self.scheduler)
+        if self.size <= 0 or self.size % 8:
+            raise ValueError(f"size must be a positive multiple of 8, got {self.size}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 disables CFG), got {self.guidance_scale}")
+
+
+_SCHEDULER_ALIASES = {
+    "ddim": "ddim",
+    "eulera": "euler_a",
+    "eulerancestral": "euler_a",
+    "dpmppsdekarras": "dpmpp_sde_karras",
+    "dpmsdekarras": "dpmpp_sde_karras",
+}
+
+
+def normalise_scheduler(name: str) -> str:
+    """Accept the authors' spellings ("Euler a", "DPM++ SDE Karras") as well as ours."""
+    key = "".join(ch for ch in name.lower() if ch.isalnum())
+    if key not in _SCHEDULER_ALIASES:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    return _SCHEDULER_ALIASES[key]
+
+
+@dataclass
+class ConditioningConfig:
+    """How a product cutout becomes the generator's inputs (DESIGN.md, generation path steps 1-5)."""
+
+    size: int = 512
+    """Canvas side in pixels; equal to the generator's."""
+    image_scale: float = 0.75
+    """The product's longer side as a fraction of the canvas (the authors' configs: 0.7-0.78). A prompt
+    template's own ``image_scale`` overrides it."""
+    keep_loc: bool = False
+    """Keep the product where it is in the source image (only resize the whole image to the canvas)
+    instead of cropping to it and centring."""
+    dilate_px_at_512: int = 20
+    """Side of the square dilation kernel of the inpaint mask at a 512 px canvas; scaled with the canvas."""
+    canny_low: int = 100
+    canny_high: int = 200
+    max_pixels: int = 40_000_000
+    """Source images whose header claims more pixels are refused before decoding (decompression bombs)."""
+    max_bytes: int = 64 * 1024 * 1024
+    """Source files larger than this are refused unread."""
+    min_side: int = 8
+    """Source images (and product bounding boxes) smaller than this on either side are refused."""
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.image_scale <= 1.0:
+            raise ValueError(f"image_scale must be in [0.05, 1], got {self.image_scale}")
+        if self.size <= 0 or self.size % 8:
+            raise ValueError(f"size must be a positive multiple of 8, got {self.size}")

@@ -1,0 +1,325 @@
+"""The model factory: the one place a generation pipeline is built.
+
+``build_pipeline(GeneratorConfig)`` returns a diffusers ``StableDiffusionControlNetInpaintPipeline`` from
+
+- a preset: ``tiny`` (random weights from small configs, fast on CPU: what tests and the demo use) or
+  ``sd15`` (the real SD 1.5 + ControlNet-canny architecture and sizes with random weights, for GPU
+  benchmarks that need the true compute cost);
+- or local files: a diffusers base-model folder or a single-file ``.safetensors`` checkpoint, a
+  ControlNet folder, and an optional LoRA file fused at a given scale.
+
+Nothing here ever downloads: presets are built from configs in code with the project's own tokenizer,
+and every path is checked up front so a wrong one fails with an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionControlNetInpaintPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from cluster.devices import resolve_device, resolve_dtype
+from engine.config import GeneratorConfig
+from engine.tokenizer import build_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("tiny", "sd15")
+
+# SD 1.5's noise schedule; every scheduler below starts from it.
+_SD15_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+# --- preset architectures ------------------------------------------------------------------------
+
+_TINY = {
+    "unet": {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 4,
+        "norm_num_groups": 8,
+    },
+    "controlnet_extra": {"conditioning_embedding_out_channels": (16, 32, 32)},
+    "vae": {
+        "block_out_channels": (16, 32, 32),
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "sample_size": 128,
+    },
+    "text": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": 1024,
+        "max_position_embeddings": 77,
+        "projection_dim": 32,
+    },
+}
+
+_SD15 = {
+    "unet": {
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+    },
+    "controlnet_extra": {"conditioning_embedding_out_channels": (16, 32, 96, 256)},
+    "vae": {
+        "block_out_channels": (128, 256, 512, 512),
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "sample_size": 512,
+    },
+    "text": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "projection_dim": 768,
+        "hidden_act": "quick_gelu",
+    },
+}
+
+
+def _preset_components(name: str) -> dict:
+    """Random-weight components of a preset. Seeded per component, so every build is identical."""
+    arch = {"tiny": _TINY, "sd15": _SD15}[name]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**arch["unet"])
+    torch.manual_seed(0)
+    controlnet = ControlNetModel.from_unet(unet, **arch["controlnet_extra"])
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**arch["vae"])
+    tokenizer = build_tokenizer()
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text"], **special))
+    return {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+
+
+# --- checking local paths --------------------------------------------------------------------------
+
+
+class ModelPathError(ValueError):
+    """A model path is missing or does not hold what was expected. The message names both."""
+
+
+def _require_dir_with(path: str, filename: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelPathError(f"{what} not found: {p} does not exist")
+    if not p.is_dir():
+        raise ModelPathError(f"{what} must be a folder (with {filename}), but {p} is a file")
+    if not (p / filename).is_file():
+        raise ModelPathError(f"{p} is not a {what}: expected {filename} inside it")
+    return p
+
+
+def _require_file(path: str, suffixes: tuple[str, ...], what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelPathError(f"{what} not found: {p} does not exist")
+    if not p.is_file() or p.suffix.lower() not in suffixes:
+        raise ModelPathError(f"{what} must be a {'/'.join(suffixes)} file, got {p}")
+    return p
+
+
+def _load_controlnet(path: str) -> ControlNetModel:
+    folder = _require_dir_with(path, "config.json", "ControlNet folder")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("_class_name") != "ControlNetModel":
+        raise ModelPathError(
+            f"{folder} is not a ControlNet folder: config.json has _class_name {config.get('_class_name')!r}"
+        )
+    return ControlNetModel.from_pretrained(folder, local_files_only=True)
+
+
+def _write_sd15_config_folder(root: Path) -> Path:
+    """A diffusers SD 1.5 folder with configs and tokenizer only, for ``from_single_file(config=...)``."""
+    arch = _SD15
+    for sub, cls, cfg in (
+        ("unet", UNet2DConditionModel, arch["unet"]),
+        ("vae", AutoencoderKL, arch["vae"]),
+    ):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "config.json").write_text(json.dumps({"_class_name": cls.__name__, **_jsonable(cfg)}))
+    (root / "text_encoder").mkdir()
+    CLIPTextConfig(**arch["text"]).save_pretrained(root / "text_encoder")
+    build_tokenizer().save_pretrained(root / "tokenizer")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDIMScheduler", **_SD15_SCHEDULE, "clip_sample": False, "set_alpha_to_one": False})
+    )
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+            }
+        )
+    )
+    return root
+
+
+def _jsonable(cfg: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+# --- the factory -------------------------------------------------------------------------------------
+
+
+def make_scheduler(name: str, base_config: dict | None = None):
+    """Build a scheduler by name from SD 1.5's schedule (or a loaded pipeline's scheduler config)."""
+    base = dict(base_config or _SD15_SCHEDULE)
+    base = {k: v for k, v in base.items() if not k.startswith("_")}
+    if name == "ddim":
+        return DDIMScheduler.from_config({**base, "clip_sample": False, "set_alpha_to_one": False})
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(base)
+    if name == "dpmpp_sde_karras":
+        return DPMSolverSDEScheduler.from_config({**base, "use_karras_sigmas": True})
+    raise ValueError(f"unknown scheduler {name!r}")
+
+
+def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipeline:
+    """Build the generation pipeline ``cfg`` describes, on its device and in its dtype.
+
+    Raises:
+        ModelPathError: a path is missing or is not the kind of model expected there.
+    """
+    common = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    controlnet = _load_controlnet(cfg.controlnet) if cfg.controlnet else None
+    if cfg.base_model in PRESETS:
+        components = _preset_components(cfg.base_model)
+        if controlnet is not None:
+            components["controlnet"] = controlnet
+        pipe = StableDiffusionControlNetInpaintPipeline(**components, scheduler=make_scheduler("ddim"), **common)
+    else:
+        if controlnet is None:
+            raise ModelPathError(
+                f"base model {cfg.base_model} needs a ControlNet folder (--controlnet); only presets carry their own"
+            )
+        pipe = _load_base(cfg, controlnet, common)
+    pipe.scheduler = make_scheduler(cfg.scheduler, dict(pipe.scheduler.config))
+    if cfg.lora:
+        lora = _require_file(cfg.lora, (".safetensors",), "LoRA file")
+        pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="lora")
+        pipe.fuse_lora(lora_scale=cfg.lora_scale)
+        pipe.unload_lora_weights()  # keep the fused weights, drop the adapter layers
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_base(cfg: GeneratorConfig, controlnet: ControlNetModel, common: dict):
+    path = Path(cfg.base_model).expanduser()
+    if path.is_dir() or not path.suffix:
+        folder = _require_dir_with(cfg.base_model, "model_index.json", "diffusers base-model folder")
+        return StableDiffusionControlNetInpaintPipeline.from_pretrained(
+            folder, controlnet=controlnet, local_files_only=True, **common
+        )
+    checkpoint = _require_file(cfg.base_model, (".safetensors",), "single-file SD 1.5 checkpoint")
+    if cfg.base_config:
+        config_dir = _require_dir_with(cfg.base_config, "model_index.json", "diffusers SD 1.5 config folder")
+        return _from_single_file(checkpoint, config_dir, controlnet, common)
+    logger.warning(
+        "no --base-config given: %s gets the project's offline tokenizer, not CLIP's vocabulary", checkpoint
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return _from_single_file(checkpoint, _write_sd15_config_folder(Path(tmp)), controlnet, common)
+
+
+def _from_single_file(checkpoint: Path, config_dir: Path, controlnet, common: dict):
+    try:
+        return StableDiffusionControlNetInpaintPipeline.from_single_file(
+            str(checkpoint), config=str(config_dir), controlnet=controlnet, local_files_only=True, **common
+        )
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        raise ModelPathError(f"{checkpoint} could not be read as an SD 1.5 single-file checkpoint: {err}") from err
+
+
+def model_id(path_or_preset: str | None) -> str:
+    """A short, stable identifier of a model for output manifests: the preset name, or the path's
+    name plus a hash of its config files and weight-file sizes (cheap, and changes when they do)."""
+    if path_or_preset is None:
+        return "preset"
+    if path_or_preset in PRESETS:
+        return path_or_preset
+    p = Path(path_or_preset).expanduser()
+    digest = hashlib.sha1(str(p.resolve()).encode())
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    for f in files:
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json":
+                digest.update(f.read_bytes())
+    return f"{p.name}@{digest.hexdigest()[:8]}"
+
+
+def vae_scale_factor(pipe) -> int:
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def describe(cfg: GeneratorConfig) -> dict[str, str]:
+    """Model identifiers recorded next to every generated image."""
+    return {
+        "base_model": model_id(cfg.base_model),
+        "controlnet": model_id(cfg.controlnet) if cfg.controlnet else f"{cfg.base_model}-controlnet",
+        "lora": f"{model_id(cfg.lora)}x{cfg.lora_scale:g}" if cfg.lora else "",
+    }
