@@ -53,7 +53,7 @@ def _learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, parts in splits.items():
-            for pair in zip(parts, parts[1:]):
+            for pair in zip(parts, parts[1:], strict=False):
                 pairs[pair] += words[word]
         if not pairs:
             break
