@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/adloop refresh --input engine/assets/samples.jsonl --output $(DEMO_OUT)
 
+# The report test renders the page in headless Chromium (Debian's package); CI runs as root.
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

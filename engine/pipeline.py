@@ -49,6 +49,7 @@ from engine.refresh_stages import (
     WriteContext,
     pending_schema,
 )
+from engine.report import write_report
 from engine.score import ScorerConfig, ScoreStage
 from engine.sources import SourceError, iter_records
 
@@ -238,6 +239,11 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     }
     summary = summarise(cfg.output, run)
     write_summary(cfg.output, summary)
+    # The run's data is committed by now: a report that cannot be built costs a warning, not the run.
+    try:
+        write_report(cfg.output)
+    except Exception:
+        logger.exception("could not write the run report; rebuild it with `adloop report %s`", cfg.output)
     return summary
 
 

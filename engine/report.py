@@ -55,16 +55,18 @@ class ReportConfig:
 
 # A failed row's reason; distinct reasons beyond this many are counted as "other" so memory stays bounded.
 MAX_REASONS = 50
-_REASON_CODE = re.compile(r":\s([a-z][a-z_]+)\s\(")
+_REASON_CODE = re.compile(r":\s([a-z]+_[a-z_]+)\s\(|^([a-z]+_[a-z_]+):")
 _LINE_PREFIX = re.compile(r"^line \d+:\s*")
 
 
 def failure_reason(error: str | None) -> str:
-    """The short reason of a failed row's error, e.g. ``missing_file`` from ``"a.png: missing_file (...)"``."""
+    """The short reason of a failed row's error: its reason code where it has one (``missing_file`` from
+    ``"a.png: missing_file (...)"``, ``invalid_sku_id`` from ``"invalid_sku_id: ..."``), else the message
+    without line numbers and details."""
     error = (error or "").strip()
     match = _REASON_CODE.search(error)
     if match:
-        return match.group(1)
+        return match.group(1) or match.group(2)
     return re.sub(r"\s*\(.*\)$", "", _LINE_PREFIX.sub("", error))[:60] or "unknown"
 
 

@@ -44,7 +44,8 @@ def relative_link(out: str, path: str | None) -> str | None:
     if path.startswith(root):
         rel = path[len(root) :]
     else:
-        at = max(path.rfind(folder) for folder in _OUT_FOLDERS)
+        # candidates/images/ first: its tail also ends in images/
+        at = next((at for at in (path.rfind(folder) for folder in _OUT_FOLDERS) if at >= 0), -1)
         if at < 0:
             return None
         rel = path[at + 1 :]

@@ -9,6 +9,7 @@ import sys
 # ``adloop --help`` is instant and one job's heavy imports never slow another.
 COMMANDS: dict[str, tuple[str, str]] = {
     "refresh": ("jobs.refresh", "the catalog refresh: generate, score, regenerate rejects; one final row per SKU"),
+    "report": ("jobs.report", "rebuild OUT/report.html, the run report, from a refresh's outputs"),
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
 }
 
