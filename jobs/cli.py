@@ -9,6 +9,8 @@ import sys
 # ``adloop --help`` is instant and one job's heavy imports never slow another.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
+    "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
+    "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
 }
 
 
