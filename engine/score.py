@@ -35,6 +35,8 @@ class ScorerConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.rfnet.startswith(FIXED_RATE_PREFIX):
             rate = float(self.rfnet[len(FIXED_RATE_PREFIX) :])
             if not 0.0 <= rate <= 1.0:

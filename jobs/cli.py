@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "refresh": ("jobs.refresh", "the catalog refresh: generate, score, regenerate rejects; one final row per SKU"),
     "report": ("jobs.report", "rebuild OUT/report.html, the run report, from a refresh's outputs"),
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
+    "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
+    "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
 }
 
 
