@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ReportConfig:
+    """How much of each section the page shows; every section also states its full count."""
+
     gallery: int = 48
     """Accepted SKUs shown in the gallery (a deterministic sample of all accepted ones)."""
     review: int = 20

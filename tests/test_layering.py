@@ -34,6 +34,8 @@ RAY_FREE = [
     "engine/refresh_stages.py",
     "engine/score.py",
     "engine/outputs.py",
+    "engine/report.py",
+    "engine/report_html.py",
     "rfnet/scorer.py",
 ]
 
