@@ -36,7 +36,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         ray.init(address=address, **quiet)
         return
     logger.info("starting a local Ray instance on %s", LOOPBACK)
+    # address="local": without it Ray attaches to any Ray already running on this machine (another
+    # user's, another test run's) and then rejects num_cpus, instead of starting our own.
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         _node_ip_address=LOOPBACK,
