@@ -37,6 +37,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         return
     logger.info("starting a local Ray instance on %s", LOOPBACK)
     ray.init(
+        # "local" forces a new instance: without it ray.init() joins any cluster that `ray start` left
+        # running on this machine (and then rejects num_cpus), e.g. another user's.
+        address="local",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         _node_ip_address=LOOPBACK,
