@@ -97,6 +97,8 @@ class RFNet(nn.Module):
         if "caption" in cfg.modalities:
             self.text_encoder = _text_encoder(cfg)
             self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, cfg.width)
+            if cfg.caption_in_fusion or "product" not in cfg.modalities:
+                self.caption_embed = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)  # modality embedding
         if "caption" in cfg.modalities and "product" in cfg.modalities:
             self.ffm = nn.ModuleList(FeatureFilter(cfg.width, cfg.heads, cfg.dropout) for _ in range(cfg.ffm_layers))
 
@@ -177,10 +179,10 @@ class RFNet(nn.Module):
             if "product" in tokens:
                 for block in self.ffm:
                     tokens["product"] = block(tokens["product"], e_c, padding)
-            else:
-                # Without the product image there is nothing to filter the caption with; its tokens join the
+            if "product" not in tokens or self.cfg.caption_in_fusion:
+                # Without the product image there is nothing to filter the caption with, so its tokens join the
                 # fusion directly (an ablation the paper's Table 2 runs but does not describe).
-                extra.append(e_c)
+                extra.append(e_c + self.caption_embed)
 
         seq = [self.cls.expand(batch, -1, -1)] + [tokens[m] for m in IMAGE_MODALITIES if m in tokens] + extra
         x = torch.cat(seq, dim=1)

@@ -14,9 +14,10 @@ procedural scenes (a wall, a tiled floor, decor). Each label is produced on purp
   base), or, in a third of the cases, looks grounded but the depth map puts it far in front of the
   floor it seems to touch (visible only in depth: available scenes draw no contact shadow a third of
   the time, so a missing shadow alone proves nothing).
-- **Size Mismatch**: the scene's tile period belongs to another size class than the caption's. The scene
-  scale is drawn from the same distribution as for available images, so this defect is invisible
-  without the caption.
+- **Size Mismatch**: the scene's scale (tile period, window size) belongs to the opposite end of the
+  scale from the caption's size class (a sofa in a close-up, a mug in a room). Close-up and room-scale
+  scenes are also what available small and large products get, so at either extreme only the caption
+  tells a mismatch from a match (a medium-scale scene is never mismatched, a cue the image alone gives).
 - **Indistinctiveness**: wall, floor and decor take the product's own colour and texture.
 - **Shape Hallucination**: the background grows a stand, a pedestal or an extra lobe in the product's
   colour and texture, attached to its silhouette. Since 40% of products really have a stand, this is
@@ -71,10 +72,18 @@ COLOURS = {
     "teal": (30, 140, 140),
 }
 TEXTURES = ("plain", "striped", "dotted")
-# Tile period as a multiple of the product's pixel height, per scene size class. A small item is shot
-# close up (big tiles), a large one at room scale (fine tiles). Classes are ~3x apart; jitter is +-18%.
-TILE_PERIOD = {"small": 1.6, "medium": 0.55, "large": 0.18}
-DEFECT_WEIGHTS = {"Space Mismatch": 1.0, "Size Mismatch": 1.0, "Indistinctiveness": 1.0, "Shape Hallucination": 1.0}
+# The scene's scale, per scene size class: a small item is shot close up (big floor tiles, a window larger
+# than the wall), a large one at room scale (fine tiles, a small window). Both are fractions of the canvas;
+# classes are ~3x apart and jittered by +-15%.
+TILE_PERIOD = {"small": 0.45, "medium": 0.16, "large": 0.055}
+WINDOW_HEIGHT = {"small": 0.75, "medium": 0.26, "large": 0.09}
+MISMATCH_SCENE = {"small": ("large",), "medium": ("small", "large"), "large": ("small",)}
+# Size mismatch is likelier for large products (room-scale items are the ones generators shrink); other
+# defects are equally likely for every size class.
+SIZE_MISMATCH_BY_CLASS = {"small": 0.5, "medium": 1.0, "large": 2.0}
+# Relative frequencies of the defects among unavailable images of good cutouts. The two that need another
+# modality to be seen (caption, product image) get more examples.
+DEFECT_WEIGHTS = {"Space Mismatch": 1.0, "Size Mismatch": 1.5, "Indistinctiveness": 0.8, "Shape Hallucination": 1.5}
 
 
 @dataclass
@@ -157,14 +166,14 @@ def make_product(pid: int, seed: int, res: int) -> Product:
             ang = rng.uniform(0, 2 * np.pi)
             nx, ny = np.cos(ang), np.sin(ang)
             d = (xx - cx) * nx + (yy - cy) * ny
-            mask &= d < rng.uniform(0.0, 0.45) * max(rx, ry)
+            mask &= d < rng.uniform(-0.2, 0.3) * max(rx, ry)
         else:  # damaged: holes and a bite out of the edge
             for _ in range(rng.integers(2, 5)):
                 hy, hx = cy + rng.uniform(-0.6, 0.6) * ry, cx + rng.uniform(-0.6, 0.6) * rx
-                mask &= (yy - hy) ** 2 + (xx - hx) ** 2 > rng.uniform(0.03, 0.05) ** 2
+                mask &= (yy - hy) ** 2 + (xx - hx) ** 2 > rng.uniform(0.045, 0.07) ** 2
             ang = rng.uniform(0, 2 * np.pi)
             by, bx = cy + np.sin(ang) * ry, cx + np.cos(ang) * rx
-            mask &= (yy - by) ** 2 + (xx - bx) ** 2 > rng.uniform(0.08, 0.12) ** 2
+            mask &= (yy - by) ** 2 + (xx - bx) ** 2 > rng.uniform(0.1, 0.15) ** 2
 
     surface = _texture(yy, xx, texture, colour, rng) / 255.0
     rgba = np.concatenate([surface * mask[..., None], mask[..., None]], axis=-1).astype(np.float32)
@@ -253,14 +262,25 @@ def render(product: Product, label: str, rng: np.random.Generator) -> dict[str, 
     img = np.where(floor[..., None], floor_c, wall_c) * (0.9 + 0.1 * rng.random())
     scene_class = product.size_class
     if label == "Size Mismatch":
-        others = [c for c in SIZE_CLASSES if c != product.size_class]
-        scene_class = others[rng.integers(2)]
-    period = TILE_PERIOD[scene_class] * (product.height / res) * rng.uniform(0.85, 1.18)
+        # The scene belongs to the opposite end of the scale (a sofa in a close-up, a mug in a room); a medium
+        # product goes either way. So a medium-scale scene is never mismatched, which a model can see without
+        # the caption, while at either extreme only the caption tells which is wrong.
+        scene_class = MISMATCH_SCENE[product.size_class][rng.integers(len(MISMATCH_SCENE[product.size_class]))]
+    period = TILE_PERIOD[scene_class] * rng.uniform(0.87, 1.15)
     phase_x, phase_y = rng.uniform(0, period, 2)
     line = max(0.006, 0.08 * period)
     tiles = (((xx + phase_x) % period) < line) | (floor & (((yy + phase_y) % period) < line))
     tile_shade = 0.7 if rng.random() < 0.5 else 1.25
     img = np.where(tiles[..., None], np.clip(img * tile_shade, 0, 255), img)
+    # A window on the wall, its size set by the scene scale (a second, independent scale cue).
+    wh = WINDOW_HEIGHT[scene_class] * rng.uniform(0.87, 1.15)
+    wy, wx = horizon - 0.03 - wh * rng.uniform(0.5, 1.0), rng.uniform(0.05, 0.95)
+    window = (np.abs(yy - wy) <= wh / 2) & (np.abs(xx - wx) <= wh * 0.35) & ~floor
+    frame = window & ~(
+        (np.abs(yy - wy) <= wh / 2 - max(0.012, wh * 0.1)) & (np.abs(xx - wx) <= wh * 0.35 - max(0.012, wh * 0.1))
+    )
+    img[window] = (200, 225, 245)
+    img[frame] = np.clip(wall_c * 0.5, 0, 255)
     decor_sal = np.zeros_like(alpha)
     for _ in range(rng.integers(1, 4) + (3 if indistinct else 0)):
         dy, dx = rng.uniform(0.05, max(horizon - 0.05, 0.08)), rng.uniform(0.05, 0.95)
@@ -301,12 +321,15 @@ def render(product: Product, label: str, rng: np.random.Generator) -> dict[str, 
     }
 
 
-def draw_labels(n_images: int, unsuitable: bool, rng: np.random.Generator, available_rate: float) -> list[str]:
+def draw_labels(
+    n_images: int, unsuitable: bool, rng: np.random.Generator, available_rate: float, size_class: str = "medium"
+) -> list[str]:
     """Labels for one product's images: all Unsuitable for a bad cutout, else Available or a defect."""
     if unsuitable:
         return ["Unsuitable"] * n_images
     defects = list(DEFECT_WEIGHTS)
-    w = np.array([DEFECT_WEIGHTS[d] for d in defects])
+    w = np.array([DEFECT_WEIGHTS[d] * (SIZE_MISMATCH_BY_CLASS[size_class] if d == "Size Mismatch" else 1.0)
+                  for d in defects])  # fmt: skip
     labels = []
     for _ in range(n_images):
         if rng.random() < available_rate:
@@ -353,7 +376,7 @@ def generate_rf1m(
         rng = np.random.default_rng([seed, pid, 1])
         k_here = min(images_per_product, n - pid * images_per_product)
         product_png = cv2.cvtColor(_to_u8(_down(product.rgba, size)), cv2.COLOR_RGBA2BGRA)
-        for k, label in enumerate(draw_labels(k_here, product.unsuitable, rng, available_rate)):
+        for k, label in enumerate(draw_labels(k_here, product.unsuitable, rng, available_rate, product.size_class)):
             name = f"p{pid:05d}_{k:02d}.png"
             maps = render(product, label, np.random.default_rng([seed, pid, 2, k]))
             gen = cv2.cvtColor(_to_u8(_down(maps["generated"], size)), cv2.COLOR_RGB2BGR)

@@ -77,20 +77,19 @@ def test_synth_captions_are_in_the_tiny_vocabulary():
         assert tok.unk_token_id not in ids
 
 
-def test_size_mismatch_needs_the_caption():
-    """The scene scale of size-mismatch images has the same distribution as available ones (marginally)."""
-    from rfnet.synth import SIZE_CLASSES, TILE_PERIOD
+def test_size_mismatch_scenes_are_ambiguous_without_the_caption():
+    """Every scene scale a mismatch uses is also the matching scale of another size class."""
+    from rfnet.synth import MISMATCH_SCENE, SIZE_CLASSES, TILE_PERIOD, WINDOW_HEIGHT
 
-    rng = np.random.default_rng(0)
-    scene_available, scene_mismatch = [], []
-    for _ in range(3000):
-        size = SIZE_CLASSES[rng.integers(3)]
-        scene_available.append(size)
-        others = [c for c in SIZE_CLASSES if c != size]
-        scene_mismatch.append(others[rng.integers(2)])
-    for c in SIZE_CLASSES:
-        assert abs(scene_available.count(c) - scene_mismatch.count(c)) / 3000 < 0.04
-    assert len(set(TILE_PERIOD.values())) == 3
+    mismatch_scenes = set()
+    for size in SIZE_CLASSES:
+        assert size not in MISMATCH_SCENE[size]
+        mismatch_scenes.update(MISMATCH_SCENE[size])
+    assert mismatch_scenes <= set(SIZE_CLASSES) and len(mismatch_scenes) == 2
+    # scales of different classes do not overlap even at the ends of their +-15% jitter
+    for table in (TILE_PERIOD, WINDOW_HEIGHT):
+        ordered = sorted(table.values())
+        assert all(lo * 1.15 < hi * 0.87 for lo, hi in zip(ordered[:-1], ordered[1:], strict=True))
 
 
 def test_unknown_labels_and_missing_files_are_all_reported_by_name(synth, tmp_path):

@@ -55,6 +55,18 @@ def test_each_modality_can_be_switched_off(dropped):
         assert not any(n.startswith("ffm") for n in names)
 
 
+def test_paper_exact_fusion_of_filtered_product_tokens_only():
+    model, prep = rfnet.build(RFNetConfig(caption_in_fusion=False))
+    assert not hasattr(model, "caption_embed")
+    batch = _tensor_batch(prep)
+    with torch.no_grad():
+        out = model(**batch)
+        other = dict(batch, input_ids=torch.full_like(batch["input_ids"], 5))
+        # the caption still matters, through the Feature Filter Module
+        assert not torch.allclose(out, model(**other))
+    assert out.shape == (3, 6)
+
+
 def test_missing_enabled_modality_is_an_error():
     model, prep = rfnet.load("tiny")
     batch = _tensor_batch(prep)
