@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "refresh": ("jobs.refresh", "the catalog refresh: generate, score, regenerate rejects; one final row per SKU"),
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
+    "serve": ("jobs.serve", "the online RFNet scorer over HTTP (Ray Serve): /v1/score, /healthz, /readyz"),
 }
 
 
