@@ -36,7 +36,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         ray.init(address=address, **quiet)
         return
     logger.info("starting a local Ray instance on %s", LOOPBACK)
+    # address="local": without it ray.init joins whatever cluster /tmp/ray/ray_current_cluster names (any
+    # `ray start` on this machine, e.g. another user's), and then refuses num_cpus.
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         _node_ip_address=LOOPBACK,

@@ -332,6 +332,7 @@ def test_reconfigure_threshold_and_checkpoint_without_restart(server, scorer, tm
             if r.status_code != 200:
                 failures.append(r.status_code)
             served[0] += 1
+            time.sleep(0.1)  # steady traffic, without starving the 2 CPUs the reload needs
 
     redeploy = server["deploy"]  # a new user_config for the running app, as `serve deploy` sends it
 
@@ -415,3 +416,14 @@ def test_serve_config_file_builds_the_app():
     # The config's user_config must name every live setting: Serve replaces user_config whole.
     assert set(deployment.user_config) == set(args.settings().model_dump())
     build_app(args)
+
+
+def test_adloop_serve_command_line_maps_onto_the_app_args():
+    from jobs.cli import COMMANDS
+    from jobs.serve import parse_args, serve_args
+
+    assert COMMANDS["serve"][0] == "jobs.serve"
+    ns = parse_args(["--rfnet", "tiny", "--port", "8123", "--token-file", "t", "--allow-uri-root", "s3://b/ads"])
+    args = ServeArgs.model_validate(serve_args(ns))
+    assert (args.checkpoint, args.token_file, args.allowed_uri_roots) == ("tiny", "t", ["s3://b/ads"])
+    assert ns.host == "127.0.0.1" and ns.port == 8123
