@@ -66,6 +66,29 @@ def _bodies(side: int, n: int = 8) -> list[bytes]:
     return out
 
 
+def _model_ceiling(checkpoint: str, side: int, batch: int, threads: int, seconds: float = 10.0) -> dict:
+    """In-process ``Scorer.score`` ms per image at batch 1 and at ``batch``: the most batching can give here."""
+    import torch
+
+    import rfnet
+
+    torch.set_num_threads(threads)
+    scorer = rfnet.Scorer(checkpoint, device="cpu")
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in (1, batch):
+        product = rng.integers(0, 256, (b, side, side, 4), dtype=np.uint8)
+        generated = rng.integers(0, 256, (b, side, side, 3), dtype=np.uint8)
+        captions = ["product on a wooden table"] * b
+        scorer.score(product, generated, captions)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 2:
+            scorer.score(product, generated, captions)
+            n += b
+        out[b] = (time.perf_counter() - t0) / n * 1000.0
+    return {"ms_per_image_b1": out[1], f"ms_per_image_b{batch}": out[batch], "ratio": out[1] / out[batch]}
+
+
 async def _cell(url: str, bodies: list[bytes], clients: int, warmup: float, duration: float) -> dict:
     import aiohttp
 
@@ -127,6 +150,13 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="serve-bench-")
     checkpoint = _checkpoint(args.rfnet, tmp)
+    ceiling = _model_ceiling(checkpoint, args.side, args.max_batch_size, max(1, int(args.replica_cpus)))
+    print(
+        f"model alone: {ceiling['ms_per_image_b1']:.1f} ms/image at batch 1, "
+        f"{ceiling[f'ms_per_image_b{args.max_batch_size}']:.1f} at batch {args.max_batch_size} "
+        f"({ceiling['ratio']:.2f}x: the most batching can give on this machine)",
+        flush=True,
+    )
     # Logical CPUs: two replicas of replica_cpus each; only one is busy at a time.
     init_ray(num_cpus=int(2 * args.replica_cpus), num_gpus=0)
     with socket.socket() as s:
@@ -178,7 +208,7 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+            json.dump({"args": vars(args), "model_alone": ceiling, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

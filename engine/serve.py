@@ -376,24 +376,37 @@ class RFNetScorer:
                 raise ValueError(f"token file {cfg.token_file!r} is empty")
             self.token_digest = hashlib.sha256(token).digest()
         self.model: _Model | None = None
+        self.config_error: str | None = None
         self._reload = asyncio.Lock()
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Apply a new ``user_config`` (``ScorerSettings`` fields; missing ones take their defaults)."""
-        s = ScorerSettings.model_validate(user_config or {})
-        self._score_batch.set_max_batch_size(s.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
-        async with self._reload:
-            key = (s.checkpoint, s.depth, s.saliency)
-            scorer = self.model.scorer if self.model is not None and self.model.key == key else None
-            if scorer is None:
-                # Load beside the running model; requests keep using the old one until the swap below.
-                logger.info("loading RFNet %s (depth %s, saliency %s)", *key)
-                scorer = await asyncio.to_thread(
-                    Scorer, s.checkpoint, device=self.device, depth=s.depth, saliency=s.saliency
-                )
-            threshold = scorer.threshold if s.threshold is None else s.threshold
-            self.model = _Model(scorer, threshold, key)
+        """Apply a new ``user_config`` (``ScorerSettings`` fields; missing ones take their defaults).
+
+        The first config must load (a replica without a model never becomes ready). A later one that fails
+        (a bad checkpoint path, an invalid value) is logged and reported by ``/readyz`` while the replica
+        keeps serving its current model: a typo in a live update must not take the service down.
+        """
+        try:
+            s = ScorerSettings.model_validate(user_config or {})
+            async with self._reload:
+                key = (s.checkpoint, s.depth, s.saliency)
+                scorer = self.model.scorer if self.model is not None and self.model.key == key else None
+                if scorer is None:
+                    # Load beside the running model; requests keep using the old one until the swap below.
+                    logger.info("loading RFNet %s (depth %s, saliency %s)", *key)
+                    scorer = await asyncio.to_thread(
+                        Scorer, s.checkpoint, device=self.device, depth=s.depth, saliency=s.saliency
+                    )
+                threshold = scorer.threshold if s.threshold is None else s.threshold
+                self._score_batch.set_max_batch_size(s.max_batch_size)
+                self._score_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+                self.model, self.config_error = _Model(scorer, threshold, key), None
+        except Exception as err:
+            if self.model is None:
+                raise
+            self.config_error = f"{type(err).__name__}: {err}"[:500]
+            logger.exception("user_config rejected; still serving %s", self.model.scorer.model_id)
+            return
         logger.info("serving %s at threshold %.4f, batch %d", scorer.model_id, threshold, s.max_batch_size)
 
     def check_health(self) -> None:
@@ -408,7 +421,10 @@ class RFNetScorer:
     async def readyz(self) -> JSONResponse:
         if self.model is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "model": self.model.scorer.model_id})
+        body = {"status": "ready", "model": self.model.scorer.model_id, "threshold": self.model.threshold}
+        if self.config_error:
+            body["config_error"] = self.config_error  # the last live update failed; see the replica log
+        return JSONResponse(body)
 
     @api.post("/v1/score")
     async def score(self, request: Request) -> dict:

@@ -155,7 +155,7 @@ def test_health_and_readiness(server):
     r = requests.get(f"{server['url']}/healthz", timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "ok"
     r = requests.get(f"{server['url']}/readyz", timeout=10)
-    assert r.status_code == 200 and r.json() == {"status": "ready", "model": "tiny"}
+    assert r.status_code == 200 and r.json() == {"status": "ready", "model": "tiny", "threshold": 0.5}
 
 
 def test_answers_equal_the_batch_scorer(server, scorer):
@@ -353,6 +353,15 @@ def test_reconfigure_threshold_and_checkpoint_without_restart(server, scorer, tm
         redeploy(threshold=1.0)
         answer = wait_for(lambda a: a["threshold"] == 1.0)
         assert answer["accepted"] is False and answer["p_available"] == pytest.approx(p, abs=1e-6)
+
+        # A live update naming a missing checkpoint is refused; the replica keeps its model and says why.
+        redeploy(checkpoint=str(tmp_path / "no-such-checkpoint"), threshold=0.25)
+        deadline = time.time() + 60
+        while "config_error" not in (ready := requests.get(f"{server['url']}/readyz", timeout=10).json()):
+            assert time.time() < deadline, ready
+            time.sleep(0.2)
+        assert ready["model"] == "tiny" and ready["threshold"] == 1.0 and "no-such-checkpoint" in ready["config_error"]
+        assert _post_good(server)["threshold"] == 1.0
 
         # A new checkpoint (other weights, its own stored threshold) replaces the model in place.
         model, _ = rfnet.build(rfnet.preset("tiny"), seed=1)
