@@ -74,6 +74,19 @@ def decode_product(data: bytes, source: str, cfg: ConditioningConfig) -> np.ndar
     Raises:
         ProductImageError: see :attr:`ProductImageError.REASONS`.
     """
+    rgba = decode_image(data, source, cfg)
+    if not rgba[..., 3].any():
+        raise ProductImageError(source, "no_product_pixels")
+    return rgba
+
+
+def decode_image(data: bytes, source: str, cfg: ConditioningConfig) -> np.ndarray:
+    """``decode_product`` without the product-pixel check, for any image (e.g. a generated ad, whose RGB is
+    ``[..., :3]``): the same size limits, conversions and (H, W, 4) uint8 output.
+
+    Raises:
+        ProductImageError: any reason but ``no_product_pixels``.
+    """
     if len(data) == 0:
         raise ProductImageError(source, "empty_file")
     if len(data) > cfg.max_bytes:
@@ -95,8 +108,6 @@ def decode_product(data: bytes, source: str, cfg: ConditioningConfig) -> np.ndar
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise ProductImageError(source, "undecodable", f"{type(err).__name__}: {err}") from err
-    if not rgba[..., 3].any():
-        raise ProductImageError(source, "no_product_pixels")
     return rgba
 
 

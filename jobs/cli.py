@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
     "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
     "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
+    "serve": ("jobs.serve", "the online RFNet scorer over HTTP (Ray Serve): /v1/score, /healthz, /readyz"),
 }
 
 

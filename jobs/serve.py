@@ -1,0 +1,96 @@
+"""``adloop serve``: the online RFNet scorer (``engine/serve.py``) on Ray Serve, in the foreground.
+
+Starts (or joins, with ``RAY_ADDRESS``) Ray, binds Serve's HTTP proxy to ``--host:--port`` and runs the
+app until interrupted. For a managed deployment whose threshold and checkpoint can change live, use
+``serve deploy cluster/serve_config.yaml`` instead.
+
+Example::
+
+    adloop serve --rfnet tiny --port 8000 --token-file ~/.adloop-token
+    curl -H "Authorization: Bearer $(cat ~/.adloop-token)" -d @request.json http://127.0.0.1:8000/v1/score
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+logger = logging.getLogger("adloop.serve")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="adloop serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder, or tiny/paper presets (default tiny)")
+    p.add_argument("--threshold", type=float, default=None, help="P(Available) threshold (default: the checkpoint's)")
+    p.add_argument("--depth", default="tiny", help="depth model: tiny | paper | transformers folder")
+    p.add_argument("--saliency", default="tiny", help="saliency model: tiny | paper | saliency folder")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--token-file", default=None, help="file with the bearer token clients must send")
+    p.add_argument(
+        "--allow-uri-root",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="fsspec URI prefix images may be read from (repeatable; default: URIs refused)",
+    )
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests per model call (default 16)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="wait for a fuller batch, ms (default 10)")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=1)
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (default 0; 1 on GPU nodes)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body, MiB (default 32)")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest image, w x h (default 2048^2)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else local)")
+    return p.parse_args(argv)
+
+
+def serve_args(args: argparse.Namespace) -> dict:
+    """The ``engine.serve.ServeArgs`` fields the command line sets."""
+    return {
+        "checkpoint": args.rfnet,
+        "threshold": args.threshold,
+        "depth": args.depth,
+        "saliency": args.saliency,
+        "device": args.device,
+        "token_file": args.token_file,
+        "allowed_uri_roots": args.allow_uri_root,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_ms / 1000.0,
+        "min_replicas": args.min_replicas,
+        "max_replicas": args.max_replicas,
+        "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus,
+        "max_body_bytes": int(args.max_body_mb * 1024 * 1024),
+        "max_pixels": args.max_pixels,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    # Validate everything before starting Ray: a typo should cost milliseconds, not a cluster start.
+    from engine.serve import ServeArgs, build_app
+
+    app_args = ServeArgs.model_validate(serve_args(args))
+    from ray import serve
+
+    from cluster.runtime import init_ray
+
+    init_ray(address=args.ray_address)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
+    logger.info("scoring on http://%s:%d/v1/score (Ctrl-C stops)", args.host, args.port)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        logger.info("shutting down")
+    finally:
+        serve.shutdown()
+    return 0
