@@ -1,0 +1,144 @@
+"""``RFNetConfig``: the architecture of the reliability classifier, and its ``tiny`` / ``paper`` presets.
+
+The config is everything needed to rebuild the network with random weights; a checkpoint folder stores it
+as ``config.json`` next to the weights. Encoder sub-configs are plain dicts of transformers config kwargs
+(``ResNetConfig`` for the image trunk, ``RobertaConfig`` for the caption encoder), so a user can point
+``image_encoder_path`` / ``text_encoder_path`` at a local transformers folder to start from real weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LABELS: tuple[str, ...] = (
+    "Available",
+    "Unsuitable",
+    "Space Mismatch",
+    "Size Mismatch",
+    "Indistinctiveness",
+    "Shape Hallucination",
+)
+"""The six labels of the RF1M README, in head order. Index 0 (Available) is the positive class."""
+
+MODALITIES: tuple[str, ...] = ("product", "generated", "depth", "saliency", "caption")
+"""The five inputs: I_o (product cutout), I_g (generated ad), I_d (depth of I_g), I_s (its saliency), Cap."""
+
+IMAGE_MODALITIES: tuple[str, ...] = ("product", "generated", "depth", "saliency")
+
+
+def _tiny_resnet() -> dict[str, Any]:
+    # Two stages give an overall stride of 8 (stem 4 x stage 2), so a 64 px image becomes 8 x 8 = 64 tokens:
+    # enough spatial resolution to see a gap under a floating product.
+    return {"embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "layer_type": "basic"}
+
+
+def _tiny_roberta() -> dict[str, Any]:
+    return {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 40,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+
+
+@dataclass
+class RFNetConfig:
+    """Architecture of RFNet (paper section 3.2; open choices follow paper-notes section 8, Q3)."""
+
+    image_size: int = 64
+    """Side in pixels of the square every image modality is resized to (paper: 384)."""
+    width: int = 32
+    """Token width of the Feature Filter Module and the fusion layers (paper: 384)."""
+    heads: int = 4
+    """Attention heads in the FFM cross-attention and in each fusion layer (paper: 8)."""
+    ffm_layers: int = 1
+    """N1: Feature Filter blocks (product tokens query the caption; paper: 1)."""
+    fusion_layers: int = 2
+    """N2: self-attention layers over the concatenated tokens of all modalities (paper: 3)."""
+    dropout: float = 0.0
+    """Dropout inside the FFM and fusion layers (training only)."""
+    image_encoder: dict[str, Any] = field(default_factory=_tiny_resnet)
+    """``transformers.ResNetConfig`` kwargs of the image trunk (ignored when ``image_encoder_path`` is set)."""
+    image_encoder_path: str | None = None
+    """Local folder of a transformers ResNet (e.g. a downloaded ``microsoft/resnet-50``) to start from."""
+    shared_image_encoder: bool = True
+    """One trunk for all four images, told apart by a learned modality embedding; False gives one trunk each."""
+    text_encoder: dict[str, Any] = field(default_factory=_tiny_roberta)
+    """``transformers.RobertaConfig`` kwargs of the caption encoder (``vocab_size`` comes from the tokenizer)."""
+    text_encoder_path: str | None = None
+    """Local folder of a transformers RoBERTa/XLM-R to start from (paper: a RoBERTa, fine-tuned)."""
+    tokenizer: str = "tiny"
+    """``"tiny"`` (a word-level tokenizer built in code, no files) or a local tokenizer folder."""
+    max_caption_tokens: int = 32
+    """Captions are truncated/padded to this many tokens, special tokens included."""
+    modalities: tuple[str, ...] = MODALITIES
+    """The inputs the model uses; drop names for the paper's Table 2 ablation."""
+    frozen: tuple[str, ...] = ()
+    """Parameter-name prefixes that do not train (e.g. ``("text_encoder.embeddings",)``)."""
+    num_labels: int = len(LABELS)
+    """Size of the head; the labels themselves are ``LABELS``."""
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        self.frozen = tuple(self.frozen)
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+        if not set(self.modalities) & set(IMAGE_MODALITIES):
+            raise ValueError("RFNet needs at least one image modality")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.num_labels != len(LABELS):
+            raise ValueError(f"num_labels must be {len(LABELS)} (the RF1M label set)")
+        if self.image_size < 16:
+            raise ValueError("image_size must be at least 16 px")
+
+    @property
+    def image_modalities(self) -> tuple[str, ...]:
+        """The enabled image inputs, in ``MODALITIES`` order."""
+        return tuple(m for m in IMAGE_MODALITIES if m in self.modalities)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RFNetConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown RFNetConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> RFNetConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def preset(name: str) -> RFNetConfig:
+    """Return the config of a named preset.
+
+    Args:
+        name: ``"tiny"`` (random, CPU-fast, 64 px) or ``"paper"`` (ResNet-50 + RoBERTa-base sizes, 384 px).
+
+    Raises:
+        ValueError: an unknown preset name.
+    """
+    if name == "tiny":
+        return RFNetConfig()
+    if name == "paper":
+        return RFNetConfig(
+            image_size=384,
+            width=384,
+            heads=8,
+            ffm_layers=1,
+            fusion_layers=3,
+            dropout=0.1,
+            image_encoder={},  # ResNetConfig defaults are ResNet-50
+            text_encoder={"max_position_embeddings": 514},  # RobertaConfig defaults are roberta-base
+            max_caption_tokens=64,
+        )
+    raise ValueError(f"unknown RFNet preset {name!r}; expected 'tiny', 'paper' or a checkpoint folder")
