@@ -9,6 +9,11 @@ import sys
 # ``adloop --help`` is instant and one job's heavy imports never slow another.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
+    "train-rfft": ("jobs.train_rfft", "reward fine-tuning of the ControlNet with RFNet feedback (Ray Train)"),
+    "eval-generator": (
+        "jobs.eval_generator",
+        "available rate, attempts and diversity of a generator on held-out products",
+    ),
 }
 
 
