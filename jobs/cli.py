@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.eval_generator",
         "available rate, attempts and diversity of a generator on held-out products",
     ),
+    "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
+    "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
 }
 
 

@@ -1,0 +1,488 @@
+"""RFNet training recipe: Ray Train ``TorchTrainer`` with DDP or DeepSpeed (ZeRO), CPU (gloo) or GPU.
+
+One file, read top to bottom (torchtune's recipe shape):
+
+- ``TrainConfig``: every knob, typed and documented.
+- ``fit(cfg)``: the driver. Reads and validates the dataset, splits it by product, decodes it with Ray
+  Data, runs ``TorchTrainer(train_loop_per_worker)``, then writes ``<output>/rfnet`` (the final checkpoint
+  folder ``rfnet.load`` reads) and ``<output>/metrics.json`` (held-out test metrics).
+- ``train_loop_per_worker(config)``: setup -> resume -> loop (train, evaluate, checkpoint) -> test.
+
+The paper's schedule (section 3.3): cross-entropy over the six labels, lr 1e-4 divided by 10 halfway
+(epoch 5 of 10); AdamW (paper-notes section 8, Q4). Checkpoints go through Ray Train every epoch: each
+worker saves into a temporary folder, all workers meet at a barrier, then all report; Ray Train merges
+the folders (DeepSpeed writes one optimizer shard per rank). Running ``fit`` again with the same
+``output`` and ``name`` resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rfnet.config import RFNetConfig, preset
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("ddp", "deepspeed")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one RFNet training run needs; ``fit`` writes it resolved next to the outputs."""
+
+    data: str
+    """RF1M-layout folder or ``.parquet``/``.jsonl`` manifest (see ``rfnet.data``)."""
+    output: str
+    """Output folder: ``ray/`` (Ray Train run and checkpoints), ``rfnet/`` (final model), ``metrics.json``."""
+    model: RFNetConfig = field(default_factory=lambda: preset("tiny"))
+    """Architecture; ``model.modalities`` selects the inputs (Table 2 ablations)."""
+    name: str = "rfnet"
+    """Ray Train run name; the same ``output`` + ``name`` resumes from the last checkpoint."""
+    strategy: str = "ddp"
+    """``"ddp"`` (torch DistributedDataParallel) or ``"deepspeed"``."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0, 1 or 2); ignored with ``ddp``."""
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    """Extra DeepSpeed config keys, merged over the one built from this config."""
+    num_workers: int = 2
+    """Ray Train workers (one process each)."""
+    cpus_per_worker: int = 1
+    """CPUs reserved per worker (also its torch thread count)."""
+    use_gpu: bool = False
+    """One GPU per worker (nccl) instead of CPU (gloo)."""
+    dtype: str = "fp32"
+    """Compute precision, ``fp32`` | ``bf16`` (autocast; DeepSpeed's bf16 mode). Weights stay fp32."""
+    epochs: int = 10
+    """Passes over the training split (paper: 10)."""
+    batch_size: int = 32
+    """Samples per step *per worker*; the global batch is ``batch_size * num_workers``."""
+    lr: float = 1e-4
+    """Initial learning rate (paper: 1e-4)."""
+    lr_drop_epoch: int | None = None
+    """Epoch (0-based) from which the lr is divided by 10; ``None`` = ``epochs // 2`` (paper: 5 of 10)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables)."""
+    val_fraction: float = 0.1
+    """Share of *products* in the validation split (model selection, threshold)."""
+    test_fraction: float = 0.2
+    """Share of *products* in the held-out test split (``metrics.json``)."""
+    split_seed: int = 0
+    """Seed of the product-level split."""
+    seed: int = 0
+    """Seed of initialisation and shuffling."""
+    target_precision: float | None = 0.9
+    """The saved threshold is the lowest with this val precision on Available; ``None`` keeps 0.5."""
+    maps: str = "dataset"
+    """``"dataset"`` uses the depth/saliency maps stored with the data; ``"compute"`` recomputes them."""
+    depth: str = "tiny"
+    """Depth model for ``maps="compute"`` (and the one the scorer should use with this checkpoint)."""
+    saliency: str = "tiny"
+    """Saliency model for ``maps="compute"``."""
+    max_steps_per_epoch: int | None = None
+    """Cap on steps per epoch (smoke tests, throughput runs); ``None`` = the whole split."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from (restarting from the last checkpoint)."""
+    num_to_keep: int = 2
+    """Checkpoints kept in storage."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = RFNetConfig.from_dict(self.model)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.zero_stage not in (0, 1, 2):
+            # ZeRO-3 shards the parameters themselves; the rank-strided evaluation below needs full weights
+            # on every rank.
+            raise ValueError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError("dtype must be fp32 or bf16 (fp16 needs loss scaling this recipe does not do)")
+        if self.maps not in ("dataset", "compute"):
+            raise ValueError("maps must be 'dataset' or 'compute'")
+        if self.num_workers < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("num_workers, batch_size and epochs must be >= 1")
+        if self.lr_drop_epoch is None:
+            self.lr_drop_epoch = self.epochs // 2 if self.epochs > 1 else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{**d, "model": RFNetConfig.from_dict(d["model"]) if isinstance(d["model"], dict) else d["model"]})
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def _decode_fn(size: int, maps: str, depth: str, saliency: str):
+    """A Ray Data ``map_batches`` callable: example rows -> decoded uint8 arrays (+ recomputed maps)."""
+
+    class Decode:
+        def __init__(self) -> None:
+            from rfnet.depth import load_depth
+            from rfnet.saliency import load_saliency
+
+            self.estimators = (
+                {"depth": load_depth(depth), "saliency": load_saliency(saliency)} if maps == "compute" else {}
+            )
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            from rfnet.data import decode_examples
+            from rfnet.preprocess import to_tensor
+
+            keys = list(batch)
+            rows = [{k: batch[k][i] for k in keys} for i in range(len(batch["id"]))]
+            out = decode_examples(rows, size)
+            if self.estimators:
+                g = to_tensor(out["generated"])
+                for name, est in self.estimators.items():
+                    out[name] = (est(g)[:, 0].numpy() * 255).round().astype(np.uint8)
+            missing = [m for m in ("depth", "saliency") if m not in out]
+            if missing:
+                raise ValueError(f"examples have no {missing} maps; pass maps='compute' to recompute them")
+            return out
+
+    return Decode
+
+
+def _datasets(splits: dict[str, list], cfg: TrainConfig) -> dict[str, Any]:
+    import ray
+
+    out = {}
+    for name, examples in splits.items():
+        ds = ray.data.from_items([e.to_dict() for e in examples])
+        decode = _decode_fn(cfg.model.image_size, cfg.maps, cfg.depth, cfg.saliency)
+        ds = ds.map_batches(decode, batch_size=64, concurrency=1, batch_format="numpy")
+        out[name] = ds.materialize()  # decoded once; epochs re-read the object store, not the PNGs
+    return out
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    # Per-iteration progress bars of the (small, materialized) splits would drown the training log.
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def fit(cfg: TrainConfig) -> dict[str, Any]:
+    """Train RFNet on Ray and write ``<output>/rfnet`` and ``<output>/metrics.json``.
+
+    Returns:
+        The contents of ``metrics.json``.
+
+    Raises:
+        rfnet.data.DatasetError: bad dataset entries (all of them, each with its file named).
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from cluster.runtime import init_ray
+    from rfnet.data import check_readable, read_dataset, split_by_product
+
+    output = os.path.abspath(cfg.output)
+    os.makedirs(output, exist_ok=True)
+    examples = read_dataset(cfg.data)
+    check_readable(examples)
+    splits = split_by_product(examples, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    for name, part in splits.items():
+        if not part:
+            raise ValueError(f"the {name} split is empty: {len(examples)} examples are too few for these fractions")
+    with open(os.path.join(output, "train_config.json"), "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+
+    init_ray(num_cpus=max(2, cfg.num_workers * cfg.cpus_per_worker))
+    _quiet_ray_data()
+    datasets = _datasets(splits, cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=os.path.join(output, "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets=datasets,
+        # Only the training split is sharded; every worker sees all of val/test and scores its stride of it.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint: {result.error}")
+    final = os.path.join(output, "rfnet")
+    with result.checkpoint.as_directory() as d:
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(os.path.join(d, "rfnet"), final)
+    metrics = {
+        "test": result.metrics["test"],
+        "val": result.metrics["val"],
+        "epoch": result.metrics["epoch"],
+        "start_epoch": result.metrics["start_epoch"],
+        "train_samples_per_s": result.metrics["train_samples_per_s"],
+        "history": result.metrics["history"],
+        "checkpoint": final,
+        "ray_checkpoint": result.checkpoint.path,
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "strategy": cfg.strategy,
+        "num_workers": cfg.num_workers,
+        "modalities": list(cfg.model.modalities),
+    }
+    with open(os.path.join(output, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def _deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "gradient_clipping": cfg.grad_clip,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return {**ds, **cfg.deepspeed}
+
+
+def _setup_strategy(model: torch.nn.Module, cfg: TrainConfig):
+    """Wrap the model for ``cfg.strategy``; returns (train_model, optimizer, step_fn, unwrapped_model).
+
+    The one place DDP and DeepSpeed differ in the loop: ``step_fn(loss)`` does backward + clip + step.
+    """
+    import ray.train.torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    # A torch optimizer object, not a DeepSpeed-config one: DeepSpeed would JIT-compile its own (~45 s).
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.strategy == "ddp":
+        wrapped = ray.train.torch.prepare_model(model)
+
+        def step(loss: torch.Tensor) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+
+        return wrapped, optimizer, step, model
+
+    import deepspeed
+
+    model.to(ray.train.torch.get_device())
+    engine, ds_optimizer, _, _ = deepspeed.initialize(
+        model=model, model_parameters=params, optimizer=optimizer, config=_deepspeed_config(cfg)
+    )
+
+    def ds_step(loss: torch.Tensor) -> None:
+        engine.backward(loss)
+        engine.step()
+
+    return engine, ds_optimizer, ds_step, engine.module
+
+
+def _to_inputs(batch: dict[str, Any], prep, device: torch.device) -> dict[str, torch.Tensor]:
+    from rfnet.preprocess import to_tensor
+
+    return prep(
+        product_rgba=to_tensor(batch["product"], device),
+        generated=to_tensor(batch["generated"], device),
+        depth=to_tensor(batch["depth"], device),
+        saliency=to_tensor(batch["saliency"], device),
+        captions=[str(c) for c in batch["caption"]],
+    )
+
+
+def _collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    return batch  # numpy stays numpy; tensors are made on the worker's device in _to_inputs
+
+
+@torch.no_grad()
+def _predict(model, prep, dataset, cfg: TrainConfig, device) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels of a whole (unsplit) dataset; each rank scores every world-th batch."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    model.eval()
+    probs, labels = [], []
+    for i, batch in enumerate(dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")):
+        if i % world != rank:
+            continue
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            logits = model(**_to_inputs(batch, prep, device))
+        probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
+        labels.append(batch["label"])
+    local = (
+        np.concatenate(probs) if probs else np.zeros((0, 6), np.float32),
+        np.concatenate(labels) if labels else np.zeros(0, np.int64),
+    )
+    if world == 1:
+        return local
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, local)
+    return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+
+
+def _save_checkpoint(
+    folder: str, cfg: TrainConfig, train_model, optimizer, unwrapped, epoch: int, history, threshold, rank: int
+) -> None:
+    from rfnet.checkpoint import save
+
+    if cfg.strategy == "deepspeed":
+        # Every rank writes its ZeRO optimizer shard (collective); rank 0 also writes the module states.
+        train_model.save_checkpoint(os.path.join(folder, "deepspeed"), tag="last", client_state={"epoch": epoch})
+    elif rank == 0:
+        torch.save(
+            {"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            os.path.join(folder, "train_state.pt"),
+        )
+    if rank == 0:
+        save(unwrapped, os.path.join(folder, "rfnet"), threshold=threshold)
+        with open(os.path.join(folder, "history.json"), "w") as f:
+            json.dump(history, f)
+
+
+def _resume(cfg: TrainConfig, train_model, optimizer, unwrapped) -> tuple[int, list]:
+    """Load the last Ray Train checkpoint, if any; returns (first epoch to run, history so far)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as d:
+        if cfg.strategy == "deepspeed":
+            _, client = train_model.load_checkpoint(os.path.join(d, "deepspeed"), tag="last")
+            epoch = client["epoch"]
+        else:
+            state = torch.load(os.path.join(d, "train_state.pt"), map_location="cpu", weights_only=True)
+            unwrapped.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            epoch = state["epoch"]
+        with open(os.path.join(d, "history.json")) as f:
+            history = json.load(f)
+    logger.info("resumed from %s after epoch %d", checkpoint.path, epoch)
+    return epoch + 1, history
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The per-worker recipe: setup -> resume -> (train, evaluate, checkpoint) per epoch -> test."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/adloop/torch_extensions"))
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from rfnet.checkpoint import build
+    from rfnet.metrics import calibrate_threshold, evaluate
+
+    cfg = TrainConfig.from_dict(config)
+    _quiet_ray_data()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.cpus_per_worker)
+    device = ray.train.torch.get_device()
+
+    # --- setup
+    model, prep = build(cfg.model, seed=cfg.seed)  # same init on every rank
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "trainable weights must stay fp32"
+    train_model, optimizer, step, unwrapped = _setup_strategy(model, cfg)
+    start_epoch, history = _resume(cfg, train_model, optimizer, unwrapped)
+    train_shard = ray.train.get_dataset_shard("train")
+    val, test = ray.train.get_dataset_shard("val"), ray.train.get_dataset_shard("test")
+    if rank == 0 and start_epoch == 0:
+        logger.info(
+            "***** Running RFNet training ***** strategy=%s%s workers=%d batch/worker=%d global batch=%d epochs=%d "
+            "lr=%g (/10 from epoch %d) modalities=%s trainable params=%d",
+            cfg.strategy, f" (ZeRO-{cfg.zero_stage})" if cfg.strategy == "deepspeed" else "", world,
+            cfg.batch_size, cfg.batch_size * world, cfg.epochs, cfg.lr, cfg.lr_drop_epoch,
+            ",".join(cfg.model.modalities), sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )  # fmt: skip
+
+    # --- loop
+    threshold = 0.5
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = cfg.lr * (0.1 if epoch >= cfg.lr_drop_epoch else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_model.train()
+        seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size,
+            collate_fn=_collate,
+            drop_last=True,  # equal step counts on every rank, or the all-reduce would wait forever
+            local_shuffle_buffer_size=4 * cfg.batch_size,
+            local_shuffle_seed=cfg.seed + epoch,
+        )
+        for i, batch in enumerate(batches):
+            if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
+                break
+            inputs = _to_inputs(batch, prep, device)
+            labels = torch.as_tensor(batch["label"], device=device)
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16" and cfg.strategy == "ddp"
+            ):
+                logits = train_model(**inputs)
+            loss = F.cross_entropy(logits.float(), labels)
+            step(loss)
+            seen += len(labels)
+            loss_sum += loss.detach().item() * len(labels)
+        elapsed = time.perf_counter() - t0
+        throughput = torch.tensor([seen / max(elapsed, 1e-9)])
+        if dist.is_initialized():
+            dist.all_reduce(throughput)  # global samples/s = sum of per-worker rates (they run in parallel)
+
+        # --- evaluate (val), pick the threshold, checkpoint
+        probs, labels = _predict(unwrapped, prep, val, cfg, device)
+        if cfg.target_precision is not None:
+            threshold = calibrate_threshold(probs[:, 0], labels == 0, cfg.target_precision)
+        val_metrics = evaluate(probs, labels, threshold)
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_samples_per_s": float(throughput),
+                "val_ap": val_metrics["ap"],
+                "val_f1": val_metrics["f1"],
+                "val_accuracy": val_metrics["accuracy"],
+            }
+        )
+        metrics = {
+            "epoch": epoch,
+            "start_epoch": start_epoch,
+            "train_samples_per_s": float(throughput),
+            "val": val_metrics,
+            "history": history,
+        }
+        if epoch == cfg.epochs - 1:  # --- test: the held-out split, once, with the final model and val threshold
+            probs, labels = _predict(unwrapped, prep, test, cfg, device)
+            metrics["test"] = evaluate(probs, labels, threshold)
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_checkpoint(tmp, cfg, train_model, optimizer, unwrapped, epoch, history, threshold, rank)
+            if dist.is_initialized():
+                dist.barrier()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if rank == 0:
+            logger.info("epoch %d: %s", epoch, history[-1])
