@@ -131,7 +131,7 @@ def prepare(
         mask_latents, _ = pipe.prepare_mask_latents(
             mask, masked_image, batch, size, size, prompt_embeds.dtype, device, generators, True
         )
-    product = torch.from_numpy(np.asarray(product_rgba)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    product = torch.from_numpy(np.array(product_rgba, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).float() / 255.0
     return Prepared(
         prompt_embeds=prompt_embeds,
         control_image=control_image,

@@ -36,7 +36,7 @@ import torch
 from engine.models import build_pipeline
 from rfft import sampling
 from rfft.config import RFFTConfig
-from rfft.losses import total_loss
+from rfft.losses import consistent_condition_loss, kl_loss, total_loss
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ STATE_FILE = "state.json"
 CONTROLNET_DIR = "controlnet"
 OPTIMIZER_FILE = "optimizer.pt"
 DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"  # not "latest": DeepSpeed writes a file of that name next to the tag folder
 
 
 # --- helpers (private; the recipe below reads top to bottom) ------------------------------------------
@@ -120,7 +121,7 @@ def train_step(
 
     Args:
         model: the trainable ControlNet (possibly wrapped) that forward passes go through.
-        reference: the frozen reference ControlNet (``None`` with ``regulariser="none"``).
+        reference: the frozen reference ControlNet (``None`` is allowed with ``regulariser="none"``).
         batch: condition columns (``engine.prepare.condition_row`` + ``caption``), B rows.
     """
     gen = cfg.generator
@@ -143,7 +144,7 @@ def train_step(
         grad_step,
         guidance_scale=gen.guidance_scale,
         conditioning_scale=gen.conditioning_scale,
-        reference=reference if cfg.regulariser != "none" else None,
+        reference=reference,
     )
     cond = {"product": prep.product, "captions": [str(c) for c in batch["caption"]]}
     reward = reward_fn(out.images, cond)
@@ -158,6 +159,15 @@ def train_step(
         feedback_scale=cfg.feedback_scale,
     )
     parts["reward"] = float(reward.detach().mean())
+    if out.ref_noise_pred_text is not None:
+        # both drifts from the reference, whichever one is optimised: the curves show what each run does to them
+        with torch.no_grad():
+            parts["cc"] = float(
+                consistent_condition_loss(
+                    out.noise_pred_uncond, out.noise_pred_text, out.ref_noise_pred_uncond, out.ref_noise_pred_text
+                )
+            )
+            parts["kl"] = float(kl_loss(out.noise_pred_text, out.ref_noise_pred_text))
     parts["grad_step"] = grad_step
     return loss, parts
 
@@ -194,6 +204,9 @@ def train_loop_per_worker(config: dict) -> None:
     for frozen in (pipe.unet, pipe.vae, pipe.text_encoder):
         frozen.requires_grad_(False).eval()
     controlnet = pipe.controlnet
+    # The reference for CC/KL is the *starting* ControlNet of the whole run (copied before any checkpoint
+    # is restored). With regulariser "none" it still runs, without gradients, so every run logs its drift.
+    reference = copy.deepcopy(controlnet).to(device).requires_grad_(False).eval()
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -205,12 +218,6 @@ def train_loop_per_worker(config: dict) -> None:
             start_step = int(json.loads(open(os.path.join(d, STATE_FILE)).read())["step"])
     controlnet.to(device=device, dtype=torch.float32).train().requires_grad_(True)
     assert all(p.dtype == torch.float32 for p in controlnet.parameters()), "trainable weights must stay fp32"
-    # The reference for CC/KL is the *starting* ControlNet of the whole run, so on resume it comes from
-    # the generator config, not from the checkpoint.
-    reference = None
-    if cfg.regulariser != "none":
-        reference = build_pipeline(replace(cfg.generator, device=str(device))).controlnet
-        reference.requires_grad_(False).eval()
     snapshot = copy.deepcopy(controlnet).requires_grad_(False).eval() if rank == 0 else None
     if cfg.gradient_checkpointing:
         for m in (controlnet, pipe.unet, pipe.vae):
@@ -219,11 +226,11 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if engine is not None:
-                engine.load_checkpoint(os.path.join(d, DEEPSPEED_DIR), tag="latest", load_module_strict=True)
+                engine.load_checkpoint(os.path.join(d, DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_module_strict=True)
             elif os.path.exists(os.path.join(d, OPTIMIZER_FILE)):
                 optimizer.load_state_dict(torch.load(os.path.join(d, OPTIMIZER_FILE), map_location=device))
     reward_fn = config["reward_factory"](device)
-    frozen_modules = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder}
+    frozen_modules = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "reference": reference}
     if hasattr(reward_fn, "parameters"):
         frozen_modules["reward"] = reward_fn
     fingerprint = _fingerprint(frozen_modules)
@@ -277,7 +284,7 @@ def train_loop_per_worker(config: dict) -> None:
             elif cfg.strategy == "deepspeed" and cfg.zero_stage == 3:
                 _full_state_dict(controlnet, cfg)  # the gather is collective
             if engine is not None:
-                engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR), tag="latest")
+                engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
             if world > 1:
                 torch.distributed.barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
