@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-eval", type=int, default=None, help="use at most this many held-out products")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder: the reward and the judge")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="the judge's P(Available) threshold (default: checkpoint's)"
+    )
     p.add_argument("--depth", default="tiny", help="depth model for RFNet (tiny | paper | folder)")
     p.add_argument("--saliency", default="tiny", help="saliency model for RFNet (tiny | paper | folder)")
     p.add_argument("--reward", default="rfnet", choices=("rfnet", "brightness"))
@@ -80,6 +83,7 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
         ),
         "reward": args.reward,
         "rfnet_checkpoint": args.rfnet,
+        "threshold": args.threshold,
         "depth": args.depth,
         "saliency": args.saliency,
         "regulariser": args.regulariser,
@@ -103,10 +107,10 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
     return RFFTConfig.from_dict(fields)
 
 
-def _judge(checkpoint: str, depth: str, saliency: str, device):
+def _judge(checkpoint: str, threshold: float | None, depth: str, saliency: str, device):
     from rfnet import Scorer
 
-    return Scorer(checkpoint=checkpoint, device=str(device), depth=depth, saliency=saliency)
+    return Scorer(checkpoint=checkpoint, device=str(device), threshold=threshold, depth=depth, saliency=saliency)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         reward_factory = rewards.rfnet_factory(cfg.rfnet_checkpoint, cfg.depth, cfg.saliency)
     else:
         reward_factory = rewards.brightness_factory
-    judge_factory = functools.partial(_judge, cfg.rfnet_checkpoint, cfg.depth, cfg.saliency) if eval_products else None
+    judge_factory = (
+        functools.partial(_judge, cfg.rfnet_checkpoint, cfg.threshold, cfg.depth, cfg.saliency)
+        if eval_products
+        else None
+    )
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -29,6 +29,8 @@ class RFFTConfig:
     """``rfnet`` (log P(Available) from ``rfnet_checkpoint``) | ``brightness`` (toy, for smoke tests)."""
     rfnet_checkpoint: str = "tiny"
     """RFNet checkpoint folder (or ``tiny`` preset) used as the frozen reward and the evaluation judge."""
+    threshold: float | None = None
+    """The judge's P(Available) threshold for the available rate (``None``: the checkpoint's)."""
     depth: str = "tiny"
     """Depth model for RFNet's depth input (``tiny`` | ``paper`` | a local folder)."""
     saliency: str = "tiny"
