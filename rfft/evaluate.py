@@ -9,7 +9,8 @@ the seeds ``adloop refresh`` would use with that run seed) it reports:
   "Ava") and ``mean_p_available``;
 - ``expected_attempts``: ``1 / available_rate``, what Recurrent Generation needs on average without a cap;
 - optionally ``measured``: Recurrent Generation actually run (new seed per attempt, prompt rotation as
-  in the engine) up to ``max_attempts``, with the attempts spent per accepted product;
+  in the engine) up to ``max_attempts``: accepted count, mean attempts of the accepted products (what
+  the refresh summary reports) and all attempts spent per accepted product;
 - ``diversity``: the mean pairwise RMS distance (pixel values in [0, 1]) between the backgrounds that
   ``n_seeds`` seeds give for the same product and prompt, averaged over products; and
   ``background_std``, the mean per-image standard deviation of background pixels. A collapse to one
@@ -175,5 +176,8 @@ class Evaluator:
             "accepted": n_acc,
             "needs_review": int(len(self.products) - n_acc),
             "mean_attempts": float(attempts.mean()),
+            # attempts of the accepted SKUs only: the refresh summary's "mean_attempts_per_accepted"
+            "mean_attempts_of_accepted": float(attempts[accepted].mean()) if n_acc else float("nan"),
+            # every attempt spent (needs_review SKUs included) per accepted SKU
             "attempts_per_accepted": float(attempts.sum() / n_acc) if n_acc else float("inf"),
         }

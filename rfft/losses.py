@@ -11,8 +11,11 @@
   - ``"cc"``, the Consistent Condition (paper section 5.3, the author's code form): the element-wise
     mean of ``((eps_text - eps_uncond) - (ref_text - ref_uncond)) ** 2``, the gap classifier-free guidance
     reads off the two CFG halves, trainable minus frozen reference, at the same ``x_t``;
-  - ``"kl"``, the DPOK-style bound on the KL to the reference: the element-wise mean of
-    ``(eps_text - ref_text) ** 2`` (distance to the reference's text-conditioned prediction);
+  - ``"kl"``, the DPOK-style bound on the KL to the reference, on both CFG halves: the element-wise mean
+    of ``(eps_uncond - ref_uncond) ** 2`` and ``(eps_text - ref_text) ** 2``. DPOK bounds the conditional
+    prediction only, but sampling uses ``uncond + w (text - uncond)``: with the unconditional half left
+    free, a first benchmark run (text half only) drifted and lost diversity as fast as no regulariser
+    (docs/benchmarks-rfft.md), so the distance covers both predictions the sampler uses;
   - ``"none"``: plain ReFL, which the paper reports collapses to bland backgrounds.
 """
 
@@ -45,9 +48,13 @@ def consistent_condition_loss(
     return (gap - ref_gap).pow(2).mean()
 
 
-def kl_loss(text: torch.Tensor, ref_text: torch.Tensor) -> torch.Tensor:
-    """Mean over elements of ``(text - ref_text) ** 2``: the DPOK-style KL bound on the text-conditioned eps."""
-    return (text.float() - ref_text.float().detach()).pow(2).mean()
+def kl_loss(
+    uncond: torch.Tensor, text: torch.Tensor, ref_uncond: torch.Tensor, ref_text: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the elements of both CFG halves of ``(eps - ref_eps) ** 2``: the DPOK-style KL bound."""
+    d_text = (text.float() - ref_text.float().detach()).pow(2)
+    d_uncond = (uncond.float() - ref_uncond.float().detach()).pow(2)
+    return torch.cat([d_uncond.flatten(), d_text.flatten()]).mean()
 
 
 def regulariser_loss(
@@ -61,7 +68,7 @@ def regulariser_loss(
     if name == "cc":
         return consistent_condition_loss(uncond, text, ref_uncond, ref_text)
     if name == "kl":
-        return kl_loss(text, ref_text)
+        return kl_loss(uncond, text, ref_uncond, ref_text)
     if name == "none":
         return text.float().sum() * 0.0
     raise ValueError(f"unknown regulariser {name!r}; expected one of {REGULARISERS}")

@@ -167,7 +167,9 @@ def train_step(
                     out.noise_pred_uncond, out.noise_pred_text, out.ref_noise_pred_uncond, out.ref_noise_pred_text
                 )
             )
-            parts["kl"] = float(kl_loss(out.noise_pred_text, out.ref_noise_pred_text))
+            parts["kl"] = float(
+                kl_loss(out.noise_pred_uncond, out.noise_pred_text, out.ref_noise_pred_uncond, out.ref_noise_pred_text)
+            )
     parts["grad_step"] = grad_step
     return loss, parts
 

@@ -49,20 +49,26 @@ def test_consistent_condition_ignores_a_shift_common_to_both_halves():
     uncond, text = _t([1.0, 2.0]), _t([3.0, 5.0])
     shift = _t([7.0, -4.0])
     cc = losses.consistent_condition_loss(uncond + shift, text + shift, uncond, text)
-    kl = losses.kl_loss(text + shift, text)
+    kl = losses.kl_loss(uncond + shift, text + shift, uncond, text)
     assert cc.item() == 0.0
-    assert kl.item() == pytest.approx((49 + 16) / 2)
+    assert kl.item() == pytest.approx((49 + 16 + 49 + 16) / 4)
 
 
-def test_kl_exact_value():
-    assert losses.kl_loss(_t([3.0, 5.0]), _t([1.0, 1.0])).item() == pytest.approx(10.0)
+def test_kl_exact_value_covers_both_halves():
+    uncond, text = _t([1.0, 2.0]).requires_grad_(), _t([3.0, 5.0]).requires_grad_()
+    # squared distances: uncond (1, 4), text (4, 16); mean over the four elements 6.25
+    loss = losses.kl_loss(uncond, text, _t([0.0, 0.0]), _t([1.0, 1.0]))
+    assert loss.item() == pytest.approx(6.25)
+    loss.backward()
+    torch.testing.assert_close(text.grad, _t([1.0, 2.0]))  # 2 * (4, 16) ** 0.5 / 4
+    torch.testing.assert_close(uncond.grad, _t([0.5, 1.0]))
 
 
 def test_total_loss_combines_feedback_and_weighted_regulariser():
     reward = torch.tensor([math.log(0.25), math.log(0.75)])
     uncond, text, ref_uncond, ref_text = _t([1.0, 2.0]), _t([3.0, 5.0]), _t([0.0, 0.0]), _t([1.0, 1.0])
     feedback = (math.log(4.0) + math.log(4.0 / 3.0)) / 2
-    for name, reg in (("cc", 2.5), ("kl", 10.0), ("none", 0.0)):
+    for name, reg in (("cc", 2.5), ("kl", 6.25), ("none", 0.0)):
         loss, parts = losses.total_loss(reward, name, 0.5, uncond, text, ref_uncond, ref_text, feedback_scale=2.0)
         assert loss.item() == pytest.approx(2.0 * feedback + 0.5 * reg, rel=1e-6), name
         assert parts["regulariser"] == pytest.approx(reg)
