@@ -37,6 +37,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         return
     logger.info("starting a local Ray instance on %s", LOOPBACK)
     ray.init(
+        # "local" always starts a new instance: without an address ray.init() joins the most recent Ray
+        # it finds on this machine (another user's, or a dead one), which is not the embedded default.
+        address="local",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         _node_ip_address=LOOPBACK,
