@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/adloop generate --input engine/assets/samples --output $(DEMO_OUT)
+	$(VENV)/bin/adloop refresh --input engine/assets/samples.jsonl --output $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -135,7 +135,7 @@ def layout(rgba: np.ndarray, cfg: ConditioningConfig, image_scale: float | None 
         raise ProductImageError("product", "too_small", f"product bounding box {w}x{h}")
     scale = target / max(h, w)
     new_w, new_h = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
-    resized = np.array(Image.fromarray(crop, "RGBA").resize((new_w, new_h), Image.Resampling.LANCZOS))
+    resized = np.array(Image.fromarray(crop, "RGBA").resize((new_w, new_h), Image.Resampling.BILINEAR))
     canvas = np.zeros((size, size, 4), dtype=np.uint8)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = resized

@@ -68,7 +68,7 @@ class GenerateStage:
         size = self.cfg.size
         # One generator per row: row i's noise depends only on seeds[i], so a batch of N equals N
         # single calls and any image can be regenerated alone.
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         out = self.pipe(
             prompt=prompts,
             negative_prompt=negative_prompts,

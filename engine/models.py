@@ -289,7 +289,7 @@ def _from_single_file(checkpoint: Path, config_dir: Path, controlnet, common: di
         return StableDiffusionControlNetInpaintPipeline.from_single_file(
             str(checkpoint), config=str(config_dir), controlnet=controlnet, local_files_only=True, **common
         )
-    except (ValueError, KeyError, OSError, RuntimeError) as err:
+    except Exception as err:  # diffusers raises many types here (SingleFileComponentError, KeyError, ...)
         raise ModelPathError(f"{checkpoint} could not be read as an SD 1.5 single-file checkpoint: {err}") from err
 
 

@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module, one-line help). Modules are imported only when their command runs, so
 # ``adloop --help`` is instant and one job's heavy imports never slow another.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "refresh": ("jobs.refresh", "the catalog refresh: generate, score, regenerate rejects; one final row per SKU"),
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
     "train-rfft": ("jobs.train_rfft", "reward fine-tuning of the ControlNet with RFNet feedback (Ray Train)"),
     "eval-generator": (

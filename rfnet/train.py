@@ -315,8 +315,16 @@ def _to_inputs(batch: dict[str, Any], prep, device: torch.device) -> dict[str, t
     )
 
 
-def _collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    return batch  # numpy stays numpy; tensors are made on the worker's device in _to_inputs
+def _collate():
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class KeepNumpy(NumpyBatchCollateFn):
+        """Numpy stays numpy: images become tensors on the worker's device in ``_to_inputs``."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return batch
+
+    return KeepNumpy()
 
 
 @torch.no_grad()
@@ -430,7 +438,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.batch_size,
-            collate_fn=_collate,
+            collate_fn=_collate(),
             drop_last=True,  # equal step counts on every rank, or the all-reduce would wait forever
             local_shuffle_buffer_size=4 * cfg.batch_size,
             local_shuffle_seed=cfg.seed + epoch,
@@ -439,7 +447,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
                 break
             inputs = _to_inputs(batch, prep, device)
-            labels = torch.as_tensor(batch["label"], device=device)
+            labels = torch.tensor(batch["label"], device=device)
             with torch.autocast(
                 device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16" and cfg.strategy == "ddp"
             ):

@@ -1,0 +1,51 @@
+"""Helpers shared by the refresh benchmarks: synthetic manifests and a driver-memory sampler."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((ROOT / "engine" / "assets" / "samples").iterdir())
+
+
+def write_manifest(path: Path, n: int) -> Path:
+    """``n`` SKUs with distinct ids cycling over the bundled sample cutouts."""
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"sku_id": f"sku-{i:07d}", "image_uri": str(SAMPLES[i % len(SAMPLES)])}) + "\n")
+    return path
+
+
+def run_measured(cmd: list[str], poll_s: float = 0.1) -> dict:
+    """Run a command; return its wall time and the peak RSS of that process alone (not its children)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                peak = max(peak, p.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(poll_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        sys.stderr.write(err[-4000:])
+        raise RuntimeError(f"{cmd[:4]} failed with {proc.returncode}")
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 2**20, "stdout": out}

@@ -1,0 +1,324 @@
+"""The catalog refresh: distributed Recurrent Generation on Ray Data, top to bottom.
+
+    1. read SKUs       stream the input once in the driver (constant memory): drop SKUs that already
+                       have a final row (resume), log duplicate ids, stage the rest as Parquet
+    2. conditions      CPU tasks: decode, lay out, masks, canny, prompt and seed per attempt
+    3. generate        the generation actor pool (diffusion pipeline loaded once per actor)
+    4. score           the scoring actor pool (depth + saliency + RFNet)
+    5. decide + write  CPU tasks: the first accepted attempt wins; rejects become pending rows
+    6. attempts 2..K   steps 2-5 again over the pending rows only, in rounds, until none are left
+
+Rejects re-enter the generation pool as *rounds* over the pending SKUs. When few SKUs remain pending
+a round would leave the generators' batches half empty, so each pending SKU then gets ``m``
+candidates at once (its next ``m`` attempts), ``m`` sized from the acceptance rate seen so far and
+capped by the SKU's remaining budget. Seeds depend only on the attempt number, so the outcome is the
+same as one attempt at a time: the earliest accepted attempt wins and later ones are counted as
+speculative work in the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from tqdm import tqdm
+
+from cluster.resources import ResourceConfig, plan_pools
+from cluster.storage import filesystem, join
+from engine.config import ConditioningConfig, GeneratorConfig
+from engine.models import describe
+from engine.outputs import complete_parts, iter_column_batches, summarise, write_parquet_atomic, write_summary
+from engine.prepare import PromptPolicy
+from engine.prompts import load_prompt_config
+from engine.refresh_stages import (
+    PENDING_DEFAULTS,
+    ConditionCandidates,
+    DecideAndWrite,
+    GenerateCandidates,
+    WriteContext,
+    pending_schema,
+)
+from engine.score import ScorerConfig, ScoreStage
+from engine.sources import SourceError, iter_records
+
+logger = logging.getLogger(__name__)
+
+UNSAFE_ID_PARTS = ("/", "..", "\x00")
+
+
+@dataclass
+class RefreshConfig:
+    input: str
+    """Folder of cutouts or a manifest (.parquet/.csv/.jsonl); local or any fsspec URI."""
+    output: str
+    """Output root (local or fsspec URI). Rerunning with the same output resumes."""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    prompts: str | None = None
+    """Prompt config in the authors' format; None = bundled."""
+    run_seed: int = 0
+    max_attempts: int = 5
+    """Attempt budget K per SKU; a SKU with no accepted candidate by then ends needs_review."""
+    rotate_after: int = 2
+    """Next prompt template after this many failed attempts (0 = never)."""
+    mix_caption: bool = False
+    success_target: float = 0.9
+    """When batches would run part-empty, give each pending SKU enough candidates to be accepted with
+    this probability at the acceptance rate seen so far (within its remaining budget)."""
+    stage_rows_per_file: int = 5000
+    """Rows per staged input file (the granularity Ray Data reads the catalog in)."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.generator.size != self.conditioning.size:
+            raise ValueError("generator and conditioning canvas sizes differ")
+        if not 0 < self.success_target < 1:
+            raise ValueError("success_target must be in (0, 1)")
+
+
+def candidates_per_sku(
+    pending: int, attempts_done: int, max_attempts: int, capacity: int, accepted: int, generated: int, target: float
+) -> int:
+    """How many attempts each pending SKU gets in the next round (see module doc)."""
+    budget = max_attempts - attempts_done
+    if generated == 0 or pending >= capacity:
+        return 1
+    rate = accepted / generated
+    if rate >= 1.0:
+        needed = 1
+    elif rate <= 0.0:
+        needed = budget
+    else:
+        needed = math.ceil(math.log(1.0 - target) / math.log(1.0 - rate))
+    fill = math.ceil(capacity / pending)
+    return max(1, min(budget, needed, fill))
+
+
+def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
+    return stage(batch)
+
+
+def run_refresh(cfg: RefreshConfig) -> dict:
+    """Run the refresh on the current Ray cluster (call ``cluster.runtime.init_ray`` first)."""
+    start = time.time()
+    plan = plan_pools(cfg.resources, ray.cluster_resources())
+    templates = load_prompt_config(cfg.prompts)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    state = join(cfg.output, "_state", run_id)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = os.environ.get("ADLOOP_RAY_PROGRESS") == "1"
+    context.print_on_execution_start = False
+    logger.info("pools: %s", plan)
+
+    # 1. read SKUs
+    staged = stage_input(cfg, join(state, "input"), run_id)
+    if staged["input_rows"] == 0:
+        raise SourceError(f"input {cfg.input} contains no SKUs")
+    models = describe(cfg.generator)
+    policy = PromptPolicy(
+        templates=templates, run_seed=cfg.run_seed, rotate_after=cfg.rotate_after, mix_caption=cfg.mix_caption
+    )
+    threads = None if plan.gpus_per_generator > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+    counts = {"accepted": 0, "needs_review": 0, "failed": 0}
+    generated = accepted = speculative = 0
+    fills: list[float] = []
+    source, pending, attempts_done, rounds = join(state, "input"), staged["to_process"], 0, 0
+    bar = tqdm(total=staged["to_process"], desc="refresh", unit="sku", disable=not cfg.progress, file=sys.stderr)
+    while pending > 0:
+        rounds += 1
+        capacity = plan.generators * plan.gen_batch_size * 2
+        m = candidates_per_sku(
+            pending, attempts_done, cfg.max_attempts, capacity, accepted, generated, cfg.success_target
+        )
+        rows_per_gen = max(1, plan.gen_batch_size // m)
+        # Every task asks for a small CPU share: the actors hold most of the cores, and a task asking for
+        # a whole CPU could wait forever beside them.
+        ds = ray.data.read_parquet(
+            complete_parts(source),
+            filesystem=filesystem(cfg.output)[0],
+            ray_remote_args={"num_cpus": plan.cpus_per_task},
+        )
+        # 2. conditions (CPU tasks)
+        ds = ds.map_batches(
+            _apply,
+            fn_kwargs={"stage": ConditionCandidates(cfg.conditioning, policy, m)},
+            batch_size=rows_per_gen,
+            num_cpus=plan.cpus_per_task,
+        )
+        # 3. generate (actor pool)
+        ds = ds.map_batches(
+            GenerateCandidates,
+            fn_constructor_kwargs={
+                "cfg": _on_device(cfg.generator, plan.gpus_per_generator),
+                "threads": threads,
+                "gen_batch_size": plan.gen_batch_size,
+            },
+            batch_size=rows_per_gen,
+            concurrency=plan.generators,
+            num_cpus=plan.cpus_per_generator,
+            num_gpus=plan.gpus_per_generator,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        # 4. score (actor pool)
+        ds = ds.map_batches(
+            ScoreStage,
+            fn_constructor_kwargs={"cfg": _scorer_on_device(cfg.scorer, plan.gpus_per_scorer)},
+            batch_size=max(1, plan.score_batch_size // m),
+            concurrency=plan.scorers,
+            num_cpus=plan.cpus_per_scorer,
+            num_gpus=plan.gpus_per_scorer,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        # 5. decide + write; rejects become the next round's pending rows
+        ctx = WriteContext(out=cfg.output, run_id=run_id, round=rounds, max_attempts=cfg.max_attempts, models=models)
+        ds = ds.map_batches(
+            _apply, fn_kwargs={"stage": DecideAndWrite(ctx)}, batch_size=rows_per_gen, num_cpus=plan.cpus_per_task
+        )
+        next_pending = 0
+        for stats in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for outcome, attempts_row, accepted_row in zip(
+                stats["outcome"], stats["cand_attempt"], stats["cand_accepted"], strict=True
+            ):
+                if outcome == "failed":
+                    counts["failed"] += 1
+                    continue
+                generated += len(attempts_row)
+                accepted += int(accepted_row.sum())
+                if outcome == "accepted":
+                    counts["accepted"] += 1
+                    first = int(np.argmax(accepted_row))
+                    speculative += len(attempts_row) - first - 1
+                elif outcome == "needs_review":
+                    counts["needs_review"] += 1
+                else:
+                    next_pending += 1
+            fills.extend(float(f) for f in stats["gen_fill"] if f > 0)
+            bar.update(int((stats["outcome"] != "pending").sum()))
+            bar.set_postfix(round=rounds, m=m, **counts, pending=staged["to_process"] - sum(counts.values()))
+        attempts_done += m
+        pending = next_pending
+        source = join(state, f"pending-r{rounds:02d}")
+        bar.set_postfix(round=rounds, **counts, pending=pending)
+    bar.close()
+    _remove(state)
+    wall = time.time() - start
+    run = {
+        "run_id": run_id,
+        "wall_seconds": wall,
+        "this_run": {
+            "skus_processed": staged["to_process"],
+            "skipped_already_done": staged["skipped_done"],
+            "duplicate_ids": staged["duplicates"],
+            "rounds": rounds,
+            "candidates_generated": generated,
+            "speculative_candidates": speculative,
+            "images_per_second": generated / wall if wall > 0 else 0.0,
+            "mean_generation_batch_fill": float(np.mean(fills)) if fills else None,
+            **{f"{k}": v for k, v in counts.items()},
+        },
+        "models": {**models, "rfnet": cfg.scorer.rfnet},
+        "pools": dataclasses.asdict(plan),
+    }
+    summary = summarise(cfg.output, run)
+    write_summary(cfg.output, summary)
+    return summary
+
+
+def _on_device(gen: GeneratorConfig, gpus: float) -> GeneratorConfig:
+    if gen.device != "auto":
+        return gen
+    return GeneratorConfig(**{**vars(gen), "device": "cuda" if gpus > 0 else "cpu"})
+
+
+def _scorer_on_device(sc: ScorerConfig, gpus: float) -> ScorerConfig:
+    if sc.device != "auto":
+        return sc
+    return ScorerConfig(**{**vars(sc), "device": "cuda" if gpus > 0 else "cpu"})
+
+
+def _remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def invalid_id_reason(sku_id: str) -> str:
+    bad = [part for part in UNSAFE_ID_PARTS if part in sku_id]
+    if not bad:
+        return ""
+    shown = ", ".join(repr(b) for b in bad)
+    return f"invalid_sku_id: the id contains {shown}"
+
+
+def stage_input(cfg: RefreshConfig, staged_uri: str, run_id: str) -> dict[str, int]:
+    """Step 1: stream the input once; write the SKUs to process as Parquet files of pending rows.
+
+    Memory stays flat: ids are checked against an on-disk SQLite index (SKUs already done in this
+    output, ids already seen in this input), and rows are flushed every ``stage_rows_per_file``.
+    """
+    counts = {"input_rows": 0, "to_process": 0, "skipped_done": 0, "duplicates": 0}
+    with tempfile.TemporaryDirectory(prefix="adloop-stage-") as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "ids.sqlite"))
+        db.execute("CREATE TABLE done (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        db.execute("CREATE TABLE seen (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        for batch in iter_column_batches(join(cfg.output, "results"), ["sku_id"]):
+            db.executemany("INSERT OR IGNORE INTO done VALUES (?)", ((s,) for s in batch.column("sku_id").to_pylist()))
+        buffer: list[dict] = []
+        dup_log = None
+        part = 0
+        for ordinal, record in enumerate(iter_records(cfg.input)):
+            counts["input_rows"] += 1
+            if db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (record.sku_id,)).rowcount == 0:
+                counts["duplicates"] += 1
+                if dup_log is None:
+                    dup_log = _open_duplicates_log(cfg.output, run_id)
+                dup_log.write(
+                    json.dumps({"sku_id": record.sku_id, "ordinal": ordinal, "image_uri": record.image_uri}) + "\n"
+                )
+                if counts["duplicates"] <= 10:
+                    logger.warning(
+                        "duplicate SKU id %r at input row %d: only its first occurrence is processed",
+                        record.sku_id,
+                        ordinal,
+                    )
+                continue
+            if db.execute("SELECT 1 FROM done WHERE id = ?", (record.sku_id,)).fetchone():
+                counts["skipped_done"] += 1
+                continue
+            row = {**PENDING_DEFAULTS, **record.to_dict(), "ordinal": ordinal}
+            row["error"] = row["error"] or invalid_id_reason(record.sku_id)
+            buffer.append(row)
+            counts["to_process"] += 1
+            if len(buffer) >= cfg.stage_rows_per_file:
+                write_parquet_atomic(join(staged_uri, f"part-{part:06d}.parquet"), buffer, pending_schema())
+                buffer, part = [], part + 1
+        if buffer:
+            write_parquet_atomic(join(staged_uri, f"part-{part:06d}.parquet"), buffer, pending_schema())
+        if dup_log is not None:
+            dup_log.close()
+        db.close()
+    return counts
+
+
+def _open_duplicates_log(out: str, run_id: str):
+    """One JSON line per skipped duplicate, in ``OUT/duplicates/<run id>.jsonl``."""
+    fs, path = filesystem(join(out, "duplicates", f"{run_id}.jsonl"))
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    return fs.open(path, "w")

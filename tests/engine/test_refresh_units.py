@@ -1,0 +1,111 @@
+"""Refresh logic without Ray: pool planning, candidates per SKU, and the stages called directly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.resources import ResourceConfig, ResourceError, plan_pools
+from engine.config import ConditioningConfig, GeneratorConfig
+from engine.outputs import complete_parts
+from engine.pipeline import candidates_per_sku, invalid_id_reason
+from engine.prepare import PromptPolicy
+from engine.refresh_stages import (
+    PENDING_DEFAULTS,
+    ConditionCandidates,
+    DecideAndWrite,
+    GenerateCandidates,
+    WriteContext,
+)
+from engine.samples import SAMPLES_DIR
+from engine.score import ScorerConfig, ScoreStage
+from engine.seeds import attempt_seed
+
+
+def test_candidates_per_sku():
+    # Enough pending SKUs to fill the pool, or nothing observed yet: one attempt each.
+    assert candidates_per_sku(100, 0, 5, capacity=16, accepted=0, generated=0, target=0.9) == 1
+    assert candidates_per_sku(100, 1, 5, capacity=16, accepted=10, generated=100, target=0.9) == 1
+    # Few pending: enough to succeed with 90% at p = 0.5 (4 attempts), within the fill and budget.
+    assert candidates_per_sku(2, 1, 5, capacity=16, accepted=50, generated=100, target=0.9) == 4
+    assert candidates_per_sku(2, 3, 5, capacity=16, accepted=50, generated=100, target=0.9) == 2  # budget left
+    assert candidates_per_sku(8, 1, 5, capacity=16, accepted=50, generated=100, target=0.9) == 2  # fill
+    assert candidates_per_sku(2, 1, 5, capacity=16, accepted=0, generated=100, target=0.9) == 4  # p = 0
+    assert candidates_per_sku(2, 1, 5, capacity=16, accepted=100, generated=100, target=0.9) == 1  # p = 1
+
+
+def test_pool_defaults_adapt_to_the_cluster():
+    cpu = plan_pools(ResourceConfig(), {"CPU": 2})
+    assert (cpu.generators, cpu.scorers, cpu.gpus_per_generator, cpu.device) == (1, 1, 0.0, "cpu")
+    one_gpu = plan_pools(ResourceConfig(), {"CPU": 8, "GPU": 1})
+    assert one_gpu.generators == 1 and one_gpu.gpus_per_generator + one_gpu.gpus_per_scorer <= 1
+    eight = plan_pools(ResourceConfig(), {"CPU": 64, "GPU": 8})
+    assert eight.generators == 7 and eight.scorers == 2 and eight.device == "cuda"
+    frac = plan_pools(
+        ResourceConfig(generators=3, gpus_per_generator=0.5, gpus_per_scorer=0.5, scorers=1), {"CPU": 8, "GPU": 2}
+    )
+    assert frac.generators == 3
+
+
+def test_asking_for_more_than_the_cluster_has_fails_fast_with_both_numbers():
+    with pytest.raises(ResourceError, match=r"asked for 1 GPU.*cluster has 0 GPU"):
+        plan_pools(ResourceConfig(gpus_per_generator=1), {"CPU": 2})
+    with pytest.raises(ResourceError, match=r"asked for .* CPU.*cluster has 2 CPU"):
+        plan_pools(ResourceConfig(generators=4, cpus_per_generator=1), {"CPU": 2})
+    with pytest.raises(ResourceError):
+        ResourceConfig(generators=0)
+
+
+def test_invalid_ids():
+    assert invalid_id_reason("ok-id_1.2") == ""
+    for bad in ("a/b", "../x", "a\x00b"):
+        assert invalid_id_reason(bad).startswith("invalid_sku_id")
+
+
+def test_stages_run_without_ray_and_the_first_accepted_attempt_wins(tmp_path):
+    size, m = 32, 3
+    cond = ConditioningConfig(size=size)
+    policy = PromptPolicy(run_seed=0)
+    paths = sorted(SAMPLES_DIR.iterdir())[:2]
+    rows = [{**PENDING_DEFAULTS, "sku_id": p.stem, "image_uri": str(p)} for p in paths]
+    rows.append({**PENDING_DEFAULTS, "sku_id": "missing", "image_uri": str(tmp_path / "nope.png")})
+    batch = {k: np.array([r[k] for r in rows]) for k in PENDING_DEFAULTS}
+    batch = ConditionCandidates(cond, policy, m)(batch)
+    assert batch["product_rgba"].shape == (3, m, size, size, 4)
+    assert "missing_file" in batch["error"][2] and batch["error"][0] == ""
+    assert batch["seed"][0, 1] == attempt_seed(0, paths[0].stem, 2)
+    batch = GenerateCandidates(GeneratorConfig(size=size, steps=2), gen_batch_size=6)(batch)
+    assert not batch["generated"][2].any()  # the bad row was not generated
+    batch = ScoreStage(ScorerConfig(rfnet="fixed-rate:0.5"))(batch)
+    ctx = WriteContext(
+        out=str(tmp_path / "out"),
+        run_id="t",
+        round=1,
+        max_attempts=3,
+        models={"base_model": "tiny", "controlnet": "c", "lora": ""},
+    )
+    stats = DecideAndWrite(ctx)(batch)
+    results = pq.read_table(complete_parts(str(tmp_path / "out" / "results"))).to_pylist()
+    by_id = {r["sku_id"]: r for r in results}
+    assert by_id["missing"]["status"] == "failed" and "missing_file" in by_id["missing"]["error"]
+    for i, path in enumerate(paths):
+        accepted = batch["accepted"][i]
+        row = by_id.get(path.stem)
+        if accepted.any():
+            assert row["status"] == "accepted" and row["attempts"] == int(np.argmax(accepted)) + 1
+        else:
+            assert row["status"] == "needs_review" and row["attempts"] == 3
+            assert row["p_available"] == pytest.approx(float(batch["p_available"][i].max()))
+    candidates = pq.read_table(complete_parts(str(tmp_path / "out" / "candidates"))).to_pylist()
+    assert len(candidates) == 2 * m and {c["attempt"] for c in candidates} == {1, 2, 3}
+    assert list(stats["outcome"]).count("failed") == 1
+    assert json.loads(batch["prompts_json"][0])[0]
+
+
+def test_half_written_files_never_count(tmp_path):
+    (tmp_path / "part-r01-abc.parquet.tmp-123").write_bytes(b"partial")
+    (tmp_path / "part-r01-def.parquet").write_bytes(b"x")
+    assert [p.rsplit("/", 1)[-1] for p in complete_parts(str(tmp_path))] == ["part-r01-def.parquet"]

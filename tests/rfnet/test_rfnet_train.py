@@ -1,0 +1,111 @@
+"""RFNet training under Ray Train on CPU: 2-worker DDP and DeepSpeed runs, checkpoints, resume, the job."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+import rfnet
+from rfnet.synth import generate_rf1m
+from rfnet.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("train") / "synth")
+    generate_rf1m(out, 96, seed=0, size=32)
+    return out
+
+
+def _args(data: str, out: str, *extra: str) -> list[str]:
+    return ["--data", data, "--out", out, "--image-size", "32", "--batch-size", "4", "--workers", "2",
+            "--max-steps-per-epoch", "3", "--lr", "1e-3", *extra]  # fmt: skip
+
+
+def _check_outputs(out: str, metrics: dict) -> None:
+    on_disk = json.load(open(os.path.join(out, "metrics.json")))
+    assert on_disk["test"] == metrics["test"]
+    test = metrics["test"]
+    for key in ("precision", "recall", "f1", "ap", "per_class_f1", "confusion_matrix"):
+        assert key in test
+    assert test["n"] == metrics["split_sizes"]["test"] > 0
+    assert np.array(test["confusion_matrix"]).sum() == test["n"]
+    assert set(test["per_class_f1"]) == set(rfnet.LABELS)
+    assert metrics["train_samples_per_s"] > 0
+    # the final folder is a checkpoint the scorer loads
+    scorer = rfnet.Scorer(os.path.join(out, "rfnet"), device="cpu")
+    assert scorer.preprocess.size == 32 and 0 <= scorer.threshold <= 1
+    rng = np.random.default_rng(0)
+    result = scorer.score(
+        rng.integers(0, 256, (2, 32, 32, 4), dtype=np.uint8), rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+        ["a red mug, real size: small"] * 2,
+    )  # fmt: skip
+    assert result.probabilities.shape == (2, 6)
+
+
+def test_ddp_two_workers_job_checkpoints_and_resumes(ray_local, data, tmp_path, capsys):
+    import jobs.train_rfnet
+
+    out = str(tmp_path / "ddp")
+    assert jobs.train_rfnet.main(_args(data, out, "--strategy", "ddp", "--epochs", "1")) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    first = json.load(open(os.path.join(out, "metrics.json")))
+    assert printed["ap"] == first["test"]["ap"]
+    _check_outputs(out, first)
+    assert first["start_epoch"] == 0 and first["epoch"] == 0
+    checkpoints = sorted(glob.glob(os.path.join(out, "ray", "rfnet", "checkpoint_*")))
+    assert len(checkpoints) == 1
+    assert os.path.isfile(os.path.join(checkpoints[0], "train_state.pt"))
+    assert os.path.isfile(os.path.join(checkpoints[0], "rfnet", "model.safetensors"))
+
+    # Same output and name, more epochs: the run resumes after epoch 0 instead of starting over.
+    assert jobs.train_rfnet.main(_args(data, out, "--strategy", "ddp", "--epochs", "2")) == 0
+    second = json.load(open(os.path.join(out, "metrics.json")))
+    assert second["start_epoch"] == 1 and second["epoch"] == 1
+    assert [h["epoch"] for h in second["history"]] == [0, 1]
+    assert second["history"][0] == first["history"][0]  # carried over from the checkpoint, not retrained
+    assert second["history"][1]["lr"] == pytest.approx(1e-4)  # the /10 drop at epochs // 2
+    _check_outputs(out, second)
+
+
+def test_deepspeed_zero2_two_workers(ray_local, data, tmp_path):
+    from jobs.train_rfnet import _parser, config_from_args
+
+    cfg = config_from_args(_parser().parse_args(_args(data, str(tmp_path / "ds"), "--strategy", "deepspeed")))
+    cfg.epochs, cfg.zero_stage = 1, 2
+    metrics = fit(cfg)
+    _check_outputs(cfg.output, metrics)
+    (checkpoint,) = glob.glob(os.path.join(cfg.output, "ray", "rfnet", "checkpoint_*"))
+    # one ZeRO optimizer shard per worker, merged into one Ray Train checkpoint
+    shards = glob.glob(os.path.join(checkpoint, "deepspeed", "last", "zero_pp_rank_*_optim_states.pt"))
+    assert len(shards) == 2
+
+
+def test_bad_dataset_fails_before_training_with_names(data, tmp_path, capsys):
+    import shutil
+
+    import jobs.train_rfnet
+
+    bad = str(tmp_path / "bad")
+    shutil.copytree(data, bad)
+    with open(os.path.join(bad, "label.txt"), "a") as f:
+        f.write("p00000_00.png\tGlitch\n")
+    assert jobs.train_rfnet.main(_args(bad, str(tmp_path / "o"))) == 2
+    err = capsys.readouterr().err
+    assert "Glitch" in err and "p00000_00.png" in err
+
+
+def test_train_config_validation(tmp_path):
+    with pytest.raises(ValueError):
+        TrainConfig(data="d", output="o", strategy="fsdp")
+    with pytest.raises(ValueError):
+        TrainConfig(data="d", output="o", zero_stage=3)
+    with pytest.raises(ValueError):
+        TrainConfig(data="d", output="o", dtype="fp16")
+    cfg = TrainConfig(data="d", output="o", epochs=10)
+    assert cfg.lr_drop_epoch == 5  # the paper: /10 at epoch 5 of 10
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
