@@ -11,6 +11,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "refresh": ("jobs.refresh", "the catalog refresh: generate, score, regenerate rejects; one final row per SKU"),
     "report": ("jobs.report", "rebuild OUT/report.html, the run report, from a refresh's outputs"),
     "generate": ("jobs.generate", "one attempt per product, no scoring: a quick look at the generator"),
+    "train-rfft": ("jobs.train_rfft", "reward fine-tuning of the ControlNet with RFNet feedback (Ray Train)"),
+    "eval-generator": (
+        "jobs.eval_generator",
+        "available rate, attempts and diversity of a generator on held-out products",
+    ),
     "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
     "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
     "serve": ("jobs.serve", "the online RFNet scorer over HTTP (Ray Serve): /v1/score, /healthz, /readyz"),

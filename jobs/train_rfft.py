@@ -1,0 +1,201 @@
+"""``adloop train-rfft``: reward fine-tuning of the ControlNet with RFNet feedback (Ray Train).
+
+    adloop train-rfft --train-products DIR_OR_MANIFEST --eval-products DIR_OR_MANIFEST \\
+        --rfnet RFNET_CHECKPOINT --output OUT [--regulariser cc|kl|none] [--beta 1] [--steps 100] \\
+        [--strategy ddp|deepspeed --zero-stage 2] [--workers 2] [--set field=value ...]
+
+Writes under OUT:
+
+- ``controlnet/``: the fine-tuned ControlNet as a diffusers folder (``adloop refresh --controlnet
+  OUT/controlnet`` loads it unchanged);
+- ``train.jsonl`` (one line per optimizer step: loss, feedback, regulariser, reward, grad norm) and
+  ``eval.jsonl`` (held-out available rate, attempts, diversity at step 0, every ``eval_every`` steps and
+  at the end); ``summary.json`` (before/after); ``config.json`` (the resolved RFFTConfig);
+- ``ray/``: Ray Train's run folder with its checkpoints. Running the same command again with the same
+  OUT resumes from the last checkpoint (Ray Train restores a run of the same name and storage path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+from engine.config import GeneratorConfig
+from rfft.config import RFFTConfig
+
+logger = logging.getLogger("adloop.train_rfft")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="adloop train-rfft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--train-products", required=True, help="folder of product cutouts or a manifest")
+    p.add_argument("--eval-products", default=None, help="held-out products (default: no evaluation)")
+    p.add_argument("--limit-train", type=int, default=None, help="use at most this many training products")
+    p.add_argument("--limit-eval", type=int, default=None, help="use at most this many held-out products")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder: the reward and the judge")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="the judge's P(Available) threshold (default: checkpoint's)"
+    )
+    p.add_argument("--depth", default="tiny", help="depth model for RFNet (tiny | paper | folder)")
+    p.add_argument("--saliency", default="tiny", help="saliency model for RFNet (tiny | paper | folder)")
+    p.add_argument("--reward", default="rfnet", choices=("rfnet", "brightness"))
+    p.add_argument("--regulariser", default="cc", choices=("cc", "kl", "none"))
+    p.add_argument("--beta", type=float, default=1.0, help="regulariser weight (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    p.add_argument("--strategy", default="ddp", choices=("ddp", "deepspeed"))
+    p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    g = p.add_argument_group("generator")
+    g.add_argument("--base-model", default="tiny")
+    g.add_argument("--controlnet", default=None, help="starting ControlNet folder (default: the preset's)")
+    g.add_argument("--size", type=int, default=64)
+    g.add_argument("--gen-steps", type=int, default=10, help="denoising steps of rollouts and evaluation")
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other RFFTConfig field (JSON value), e.g. --set lr=1e-4 --set grad_accum=2",
+    )
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> RFFTConfig:
+    fields: dict = {
+        "generator": GeneratorConfig(
+            base_model=args.base_model,
+            controlnet=args.controlnet,
+            size=args.size,
+            steps=args.gen_steps,
+            guidance_scale=args.guidance_scale,
+            device="cuda" if args.gpu else "cpu",
+        ),
+        "reward": args.reward,
+        "rfnet_checkpoint": args.rfnet,
+        "threshold": args.threshold,
+        "depth": args.depth,
+        "saliency": args.saliency,
+        "regulariser": args.regulariser,
+        "beta": args.beta,
+        "max_steps": args.steps,
+        "strategy": args.strategy,
+        "zero_stage": args.zero_stage,
+        "num_workers": args.workers,
+        "use_gpu": args.gpu,
+    }
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    if "grad_window" not in fields:
+        fields["grad_window"] = min(10, args.gen_steps)
+    return RFFTConfig.from_dict(fields)
+
+
+def _judge(checkpoint: str, threshold: float | None, depth: str, saliency: str, device):
+    from rfnet import Scorer
+
+    return Scorer(checkpoint=checkpoint, device=str(device), threshold=threshold, depth=depth, saliency=saliency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    cfg = build_config(args)
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from cluster.runtime import init_ray
+    from engine.prepare import PromptPolicy
+    from rfft import rewards
+    from rfft.evaluate import condition_rows, load_products
+    from rfft.train import CONTROLNET_DIR, train_loop_per_worker
+
+    train_products = load_products(args.train_products, limit=args.limit_train)
+    eval_products = load_products(args.eval_products, limit=args.limit_eval) if args.eval_products else []
+    overlap = {p.sku_id for p in train_products} & {p.sku_id for p in eval_products}
+    if overlap:
+        raise SystemExit(f"held-out products overlap the training products: {sorted(overlap)[:5]}")
+    rows = condition_rows(train_products, cfg.generator.size, 1, PromptPolicy(run_seed=cfg.seed))
+    if args.reward == "rfnet":
+        reward_factory = rewards.rfnet_factory(cfg.rfnet_checkpoint, cfg.depth, cfg.saliency)
+    else:
+        reward_factory = rewards.brightness_factory
+    judge_factory = (
+        functools.partial(_judge, cfg.rfnet_checkpoint, cfg.threshold, cfg.depth, cfg.saliency)
+        if eval_products
+        else None
+    )
+
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg,
+            "reward_factory": reward_factory,
+            "judge_factory": judge_factory,
+            "eval_products": eval_products,
+            "output_dir": out,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name="rfft", storage_path=os.path.join(out, "ray"), checkpoint_config=CheckpointConfig(num_to_keep=2)
+        ),
+        datasets={"train": ray.data.from_items(rows)},
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    if result.checkpoint is None:
+        raise SystemExit("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        dest = os.path.join(out, CONTROLNET_DIR)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(os.path.join(d, CONTROLNET_DIR), dest)
+    summary = _summary(out, result.metrics, seconds)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps({k: summary[k] for k in ("steps", "before", "after", "frozen_changed") if k in summary}))
+    print(f"fine-tuned ControlNet -> {dest}")
+    return 0
+
+
+def _summary(out: str, final_metrics: dict, seconds: float) -> dict:
+    evals = []
+    path = os.path.join(out, "eval.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            evals = [json.loads(line) for line in f if line.strip()]
+    return {
+        "steps": final_metrics.get("step"),
+        "wall_seconds": seconds,
+        "before": evals[0] if evals else None,
+        "after": evals[-1] if len(evals) > 1 else None,
+        "frozen_changed": final_metrics.get("frozen_changed", ""),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
