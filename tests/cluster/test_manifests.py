@@ -201,6 +201,6 @@ def test_plan_pools_rejects_an_actor_no_single_node_can_hold():
     assert ok.generators == 1
     # 2 GPUs in total, but no node has 2: Ray would wait forever for the generator.
     with pytest.raises(ResourceError, match="no node has that much"):
-        plan_pools(ResourceConfig(gpus_per_generator=2, generators=1), {"CPU": 16, "GPU": 2}, nodes)
+        plan_pools(ResourceConfig(gpus_per_generator=2, generators=1, gpus_per_scorer=0), {"CPU": 16, "GPU": 2}, nodes)
     with pytest.raises(ResourceError, match="one scorer asks for 12 CPU"):
         plan_pools(ResourceConfig(cpus_per_scorer=12, scorers=1), {"CPU": 16, "GPU": 2}, nodes)
