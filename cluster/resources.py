@@ -69,11 +69,20 @@ class PoolPlan:
         return "cuda" if self.gpus_per_generator > 0 else "cpu"
 
 
-def plan_pools(cfg: ResourceConfig, cluster: dict[str, float]) -> PoolPlan:
+def plan_pools(
+    cfg: ResourceConfig, cluster: dict[str, float], nodes: list[dict[str, float]] | None = None
+) -> PoolPlan:
     """Resolve pool sizes against ``cluster`` (``ray.cluster_resources()``).
 
+    Args:
+        cfg: the requested pools; ``None`` fields are derived from the cluster.
+        cluster: total resources of the cluster (``{"CPU": ..., "GPU": ...}``).
+        nodes: each node's resources (``[n["Resources"] for n in ray.nodes() if n["Alive"]]``); when given,
+            every actor must also fit on one node, since an actor never spans nodes.
+
     Raises:
-        ResourceError: the pools need more CPUs or GPUs than the cluster has.
+        ResourceError: the pools need more CPUs or GPUs than the cluster has, or an actor is bigger than
+            every node.
     """
     total_cpus = float(cluster.get("CPU", 0))
     total_gpus = float(cluster.get("GPU", 0))
@@ -106,7 +115,24 @@ def plan_pools(cfg: ResourceConfig, cluster: dict[str, float]) -> PoolPlan:
         score_batch_size=cfg.score_batch_size,
     )
     _check_fits(plan, total_cpus, total_gpus)
+    if nodes is not None:
+        _check_fits_a_node(plan, nodes)
     return plan
+
+
+def _check_fits_a_node(plan: PoolPlan, nodes: list[dict[str, float]]) -> None:
+    """Totals can fit while no single node can hold one actor (2 GPUs per actor on 1-GPU nodes): Ray would
+    then wait forever for a node that never appears."""
+    actors = {
+        "generator": (plan.cpus_per_generator, plan.gpus_per_generator),
+        "scorer": (plan.cpus_per_scorer, plan.gpus_per_scorer),
+    }
+    for name, (cpus, gpus) in actors.items():
+        if not any(n.get("CPU", 0) + 1e-9 >= cpus and n.get("GPU", 0) + 1e-9 >= gpus for n in nodes):
+            shown = ", ".join(f"({n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU)" for n in nodes)
+            raise ResourceError(
+                f"one {name} asks for {cpus:g} CPU and {gpus:g} GPU but no node has that much; nodes: {shown}"
+            )
 
 
 def _check_fits(plan: PoolPlan, total_cpus: float, total_gpus: float) -> None:

@@ -117,7 +117,8 @@ def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
 def run_refresh(cfg: RefreshConfig) -> dict:
     """Run the refresh on the current Ray cluster (call ``cluster.runtime.init_ray`` first)."""
     start = time.time()
-    plan = plan_pools(cfg.resources, ray.cluster_resources())
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    plan = plan_pools(cfg.resources, ray.cluster_resources(), nodes)
     templates = load_prompt_config(cfg.prompts)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     state = join(cfg.output, "_state", run_id)
