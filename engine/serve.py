@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -378,6 +379,8 @@ class RFNetScorer:
         self.model: _Model | None = None
         self.config_error: str | None = None
         self._reload = asyncio.Lock()
+        # The model gets its own thread: in the shared default pool it would queue behind image decoding.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfnet")
 
     async def reconfigure(self, user_config: dict) -> None:
         """Apply a new ``user_config`` (``ScorerSettings`` fields; missing ones take their defaults).
@@ -462,7 +465,7 @@ class RFNetScorer:
         if model is None:
             raise ApiError(503, "not_ready", "RFNet is still loading")
         # The model runs in a thread so this replica keeps accepting and decoding requests meanwhile.
-        return await asyncio.to_thread(_run_model, model, items)
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, _run_model, model, items)
 
 
 def build_app(args: ServeArgs) -> Application:

@@ -409,6 +409,12 @@ def test_app_builder_takes_strings_like_serve_run():
     assert args.threshold == 0.7 and args.allowed_uri_roots == ["file:///a", "s3://b/c"] and args.max_replicas == 3
     with pytest.raises(ValueError):
         ServeArgs.model_validate({"threshold": "1.5"})
+    # What `serve run engine.serve:build_app threshold=0.6 max_replicas=2` does with its key=value strings.
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    app = call_user_app_builder_with_args_if_necessary(build_app, {"threshold": "0.6", "max_replicas": "2"})
+    config = app._bound_deployment._deployment_config
+    assert config.user_config["threshold"] == 0.6 and config.autoscaling_config.max_replicas == 2
     with pytest.raises(ValueError):
         ServeArgs.model_validate({"min_replicas": 3, "max_replicas": 2})
 
