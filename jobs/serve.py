@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.runtime import init_ray
 
     init_ray(address=args.ray_address)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
-    logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port)
-    # SIGTERM (what Kubernetes and `kill` send) takes the same clean path as Ctrl-C.
+    # SIGTERM (what Kubernetes and `kill` send) takes the same clean path as Ctrl-C; installed after Ray's own.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
+        logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
