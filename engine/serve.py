@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,21 +326,43 @@ class _Model:
     key: tuple[str, str, str]
 
 
-def _run_model(model: _Model, items: list[_Item]) -> list[dict]:
-    """Score a batch; items with the same image shapes go through ``Scorer.score`` together."""
+def _run_model(model: _Model, items: list[_Item]) -> list[dict | ApiError]:
+    """Score a batch; items with the same image shapes go through ``Scorer.score`` together.
+
+    If a group fails, its items are retried one by one, so an input the model cannot handle fails only its
+    own request (a 422 naming the error) and never the other clients' requests that shared its batch.
+    """
     groups: dict[tuple, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault((it.product_rgba.shape, it.generated.shape), []).append(i)
-    out: list[dict] = [{} for _ in items]
+    out: list[dict | ApiError] = [{} for _ in items]
     for rows in groups.values():
-        result = model.scorer.score(
-            np.stack([items[i].product_rgba for i in rows]),
-            np.stack([items[i].generated for i in rows]),
-            [items[i].caption for i in rows],
-        )
-        for j, i in enumerate(rows):
-            p = float(result.p_available[j])
-            out[i] = {
+        try:
+            answers = _score_rows(model, [items[i] for i in rows])
+        except Exception:
+            answers = []
+            for i in rows:
+                try:
+                    answers += _score_rows(model, [items[i]])
+                except Exception as err:
+                    logger.exception("RFNet failed on one input")
+                    answers.append(ApiError(422, "unscorable", f"{type(err).__name__}: {err}"[:300]))
+        for i, answer in zip(rows, answers, strict=True):
+            out[i] = answer
+    return out
+
+
+def _score_rows(model: _Model, items: list[_Item]) -> list[dict]:
+    result = model.scorer.score(
+        np.stack([it.product_rgba for it in items]),
+        np.stack([it.generated for it in items]),
+        [it.caption for it in items],
+    )
+    answers = []
+    for j in range(len(items)):
+        p = float(result.p_available[j])
+        answers.append(
+            {
                 "p_available": p,
                 "defect": result.defect[j],
                 "probabilities": {label: float(v) for label, v in zip(LABELS, result.probabilities[j], strict=True)},
@@ -347,7 +370,14 @@ def _run_model(model: _Model, items: list[_Item]) -> list[dict]:
                 "threshold": model.threshold,
                 "model": model.scorer.model_id,
             }
-    return out
+        )
+    return answers
+
+
+def _raise_if_error(answer: dict | ApiError) -> dict:
+    if isinstance(answer, ApiError):
+        raise answer
+    return answer
 
 
 api = FastAPI(title="adloop online scorer", docs_url=None, redoc_url=None, openapi_url=None)
@@ -378,6 +408,8 @@ class RFNetScorer:
         self.model: _Model | None = None
         self.config_error: str | None = None
         self._reload = asyncio.Lock()
+        # The model gets its own thread: in the shared default pool it would queue behind image decoding.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfnet")
 
     async def reconfigure(self, user_config: dict) -> None:
         """Apply a new ``user_config`` (``ScorerSettings`` fields; missing ones take their defaults).
@@ -435,7 +467,7 @@ class RFNetScorer:
         except ValidationError as err:
             raise _validation_error(err) from None
         item = await asyncio.to_thread(self.decoder.item, req)
-        return await self._score_batch(item)
+        return _raise_if_error(await self._score_batch(item))
 
     @api.post("/v1/score:batch")
     async def score_batch(self, request: Request) -> dict:
@@ -454,15 +486,16 @@ class RFNetScorer:
             lambda: [self.decoder.item(r, where=f"items[{i}].") for i, r in enumerate(req.items)]
         )
         # Each item joins the shared batch queue, mixed with other clients' requests.
-        return {"results": list(await asyncio.gather(*(self._score_batch(it) for it in items)))}
+        answers = await asyncio.gather(*(self._score_batch(it) for it in items))
+        return {"results": [_raise_if_error(a) for a in answers]}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _score_batch(self, items: list[_Item]) -> list[dict]:
+    async def _score_batch(self, items: list[_Item]) -> list[dict | ApiError]:
         model = self.model
         if model is None:
             raise ApiError(503, "not_ready", "RFNet is still loading")
         # The model runs in a thread so this replica keeps accepting and decoding requests meanwhile.
-        return await asyncio.to_thread(_run_model, model, items)
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, _run_model, model, items)
 
 
 def build_app(args: ServeArgs) -> Application:

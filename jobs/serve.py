@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 
 logger = logging.getLogger("adloop.serve")
@@ -71,6 +72,10 @@ def serve_args(args: argparse.Namespace) -> dict:
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -83,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.runtime import init_ray
 
     init_ray(address=args.ray_address)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
-    logger.info("scoring on http://%s:%d/v1/score (Ctrl-C stops)", args.host, args.port)
+    # SIGTERM (what Kubernetes and `kill` send) takes the same clean path as Ctrl-C; installed after Ray's own.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
+        logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -409,6 +409,12 @@ def test_app_builder_takes_strings_like_serve_run():
     assert args.threshold == 0.7 and args.allowed_uri_roots == ["file:///a", "s3://b/c"] and args.max_replicas == 3
     with pytest.raises(ValueError):
         ServeArgs.model_validate({"threshold": "1.5"})
+    # What `serve run engine.serve:build_app threshold=0.6 max_replicas=2` does with its key=value strings.
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    app = call_user_app_builder_with_args_if_necessary(build_app, {"threshold": "0.6", "max_replicas": "2"})
+    config = app._bound_deployment._deployment_config
+    assert config.user_config["threshold"] == 0.6 and config.autoscaling_config.max_replicas == 2
     with pytest.raises(ValueError):
         ServeArgs.model_validate({"min_replicas": 3, "max_replicas": 2})
 
@@ -436,3 +442,32 @@ def test_adloop_serve_command_line_maps_onto_the_app_args():
     args = ServeArgs.model_validate(serve_args(ns))
     assert (args.checkpoint, args.token_file, args.allowed_uri_roots) == ("tiny", "t", ["s3://b/ads"])
     assert ns.host == "127.0.0.1" and ns.port == 8123
+
+
+def test_an_input_the_model_fails_on_fails_only_its_own_request():
+    from engine.serve import ApiError, _Item, _Model, _run_model
+
+    class Fragile:
+        """Scores like the tiny RFNet, but raises on any batch containing the caption 'boom'."""
+
+        model_id = "fragile"
+
+        def __init__(self) -> None:
+            self.inner = rfnet.Scorer("tiny", device="cpu")
+
+        def score(self, product, generated, captions):
+            if "boom" in captions:
+                raise RuntimeError("cannot score this one")
+            return self.inner.score(product, generated, captions)
+
+    fragile = Fragile()
+    rng = np.random.default_rng(0)
+    product = decode_product((SAMPLES / "mug-002.png").read_bytes(), "p", COND)
+    items = [_Item(product, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), c) for c in ("a", "boom", "c")]
+    out = _run_model(_Model(fragile, 0.5, ("x", "tiny", "tiny")), items)
+    assert isinstance(out[1], ApiError) and out[1].status == 422 and out[1].reason == "unscorable"
+    expected = fragile.inner.score(
+        np.stack([product] * 2), np.stack([items[0].generated, items[2].generated]), ["a", "c"]
+    )
+    for row, i in enumerate((0, 2)):
+        _assert_matches(out[i], expected, row)
