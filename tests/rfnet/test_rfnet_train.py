@@ -26,6 +26,11 @@ def _args(data: str, out: str, *extra: str) -> list[str]:
             "--max-steps-per-epoch", "3", "--lr", "1e-3", *extra]  # fmt: skip
 
 
+def _checkpoints(out: str) -> list[str]:
+    """Ray Train checkpoint folders of the run (not its ``checkpoint_manager_snapshot.json``)."""
+    return sorted(p for p in glob.glob(os.path.join(out, "ray", "rfnet", "checkpoint_*")) if os.path.isdir(p))
+
+
 def _check_outputs(out: str, metrics: dict) -> None:
     on_disk = json.load(open(os.path.join(out, "metrics.json")))
     assert on_disk["test"] == metrics["test"]
@@ -57,7 +62,7 @@ def test_ddp_two_workers_job_checkpoints_and_resumes(ray_local, data, tmp_path, 
     assert printed["ap"] == first["test"]["ap"]
     _check_outputs(out, first)
     assert first["start_epoch"] == 0 and first["epoch"] == 0
-    checkpoints = sorted(glob.glob(os.path.join(out, "ray", "rfnet", "checkpoint_*")))
+    checkpoints = _checkpoints(out)
     assert len(checkpoints) == 1
     assert os.path.isfile(os.path.join(checkpoints[0], "train_state.pt"))
     assert os.path.isfile(os.path.join(checkpoints[0], "rfnet", "model.safetensors"))
@@ -79,7 +84,7 @@ def test_deepspeed_zero2_two_workers(ray_local, data, tmp_path):
     cfg.epochs, cfg.zero_stage = 1, 2
     metrics = fit(cfg)
     _check_outputs(cfg.output, metrics)
-    (checkpoint,) = glob.glob(os.path.join(cfg.output, "ray", "rfnet", "checkpoint_*"))
+    (checkpoint,) = _checkpoints(cfg.output)
     # one ZeRO optimizer shard per worker, merged into one Ray Train checkpoint
     shards = glob.glob(os.path.join(checkpoint, "deepspeed", "last", "zero_pp_rank_*_optim_states.pt"))
     assert len(shards) == 2
