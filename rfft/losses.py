@@ -15,7 +15,7 @@
     of ``(eps_uncond - ref_uncond) ** 2`` and ``(eps_text - ref_text) ** 2``. DPOK bounds the conditional
     prediction only, but sampling uses ``uncond + w (text - uncond)``: with the unconditional half left
     free, a first benchmark run (text half only) drifted and lost diversity as fast as no regulariser
-    (docs/benchmarks-rfft.md), so the distance covers both predictions the sampler uses;
+    (docs/benchmarks.md, "RFFT benchmarks"), so the distance covers both predictions the sampler uses;
   - ``"none"``: plain ReFL, which the paper reports collapses to bland backgrounds.
 """
 
