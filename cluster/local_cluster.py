@@ -190,6 +190,21 @@ class LocalCluster:
             return None
         return sum(1 for info in infos.values() if info.state == 0)  # 0 = ALIVE
 
+    def node_ids(self) -> dict[str, str]:
+        """Ray node id (hex) of each node started here that the GCS reports alive, by node name."""
+        from ray._raylet import GcsClient
+
+        infos = GcsClient(address=self.address).get_all_node_info(timeout=10)
+        by_port = {info.node_manager_port: node_id.hex() for node_id, info in infos.items() if info.state == 0}
+        return {
+            n.name: by_port[n.node_manager_port] for n in [self.head, *self.workers] if n.node_manager_port in by_port
+        }
+
+    def node_named(self, node_id: str) -> Node:
+        """The node started here that has Ray node id ``node_id``."""
+        names = {v: k for k, v in self.node_ids().items()}
+        return next(n for n in [self.head, *self.workers] if n.name == names[node_id])
+
     def _wait_dashboard(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while True:
