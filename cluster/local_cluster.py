@@ -114,7 +114,24 @@ class LocalCluster:
 
     # ------------------------------------------------------------------------------------------ start
 
-    def start(self, timeout: float = 180) -> None:
+    def start(self, timeout: float = 180, attempts: int = 3) -> None:
+        """Start the head and the workers; wait until all are alive (and the dashboard answers).
+
+        Ray gives a starting node 30 s to register (hard-coded); on a machine this loaded that can pass,
+        and the node exits. Then the whole cluster is started again, up to ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_all(timeout)
+                return
+            except RuntimeError as err:
+                self.stop()
+                self.head, self.workers = None, []
+                if attempt == attempts:
+                    raise
+                logger.warning("cluster start failed (attempt %d of %d), starting again: %s", attempt, attempts, err)
+
+    def _start_all(self, timeout: float) -> None:
         from ray._private.services import resolve_ip_for_localhost
 
         _use_token_auth()
@@ -142,11 +159,20 @@ class LocalCluster:
     def add_worker(self, num_cpus: int, name: str | None = None, wait: bool = True, timeout: float = 120) -> Node:
         """Start one more worker node (what an autoscaler or KubeRay does after a node is lost)."""
         name = name or f"worker{len(self.workers) + 1}"
-        node = self._start_node(name, num_cpus, ["--address", self.address])
-        self.workers.append(node)
-        if wait:
-            self._wait_nodes(1 + sum(w.alive for w in self.workers), timeout)
-        return node
+        for attempt in range(3):
+            node = self._start_node(name, num_cpus, ["--address", self.address])
+            self.workers.append(node)
+            if not wait:
+                return node
+            try:
+                self._wait_nodes(1 + sum(w.alive for w in self.workers), timeout)
+                return node
+            except RuntimeError:  # it missed Ray's 30 s registration window: try again
+                self.workers.remove(node)
+                _kill_group(node, signal.SIGKILL)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _start_node(self, name: str, num_cpus: int, args: list[str]) -> Node:
         # Short: Ray's unix socket paths under the temp dir must fit in 107 bytes.
