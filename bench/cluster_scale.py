@@ -8,7 +8,7 @@ scheduling) instead of one; it says nothing about network bandwidth between real
 
 Runs, in order: one node with ``--cpus`` CPUs; three nodes with ``--cpus / 3`` CPUs each (same pool options);
 then the 3-node cluster again with a scorer accepting half the candidates (several rounds) and a worker node
-hosting a generator killed once the first candidates are written: the time from the kill to the job's end,
+hosting a generator or the scorer killed once the first candidates are written: the time from the kill to the job's end,
 next to the same run without a kill.
 """
 
@@ -39,7 +39,7 @@ def _refresh(manifest: Path, out: Path, pools: list[str], extra: list[str]) -> d
     return {"seconds": seconds, "candidates": summary["candidates"], "images_per_s": summary["candidates"] / seconds}
 
 
-def _kill_a_generator_node(cluster, out: Path, record: dict) -> None:
+def _kill_a_pool_node(cluster, out: Path, record: dict) -> None:
     from ray.util.state import list_actors
 
     from engine.outputs import complete_parts
@@ -51,7 +51,9 @@ def _kill_a_generator_node(cluster, out: Path, record: dict) -> None:
     nodes = [
         a.node_id
         for a in actors
-        if "GenerateCandidates" in (a.repr_name or "") and a.state == "ALIVE" and a.node_id != head
+        if any(s in (a.repr_name or a.class_name or "") for s in ("GenerateCandidates", "ScoreStage"))
+        and a.state == "ALIVE"
+        and a.node_id != head
     ]
     if nodes:
         cluster.kill_node(cluster.node_named(nodes[0]))
@@ -85,7 +87,7 @@ def main() -> None:
             report["three_nodes_rounds"] = _refresh(manifest, Path(tmp) / "rounds", pools, half)
             record: dict = {}
             out = Path(tmp) / "killed"
-            killer = threading.Thread(target=_kill_a_generator_node, args=(three, out, record), daemon=True)
+            killer = threading.Thread(target=_kill_a_pool_node, args=(three, out, record), daemon=True)
             killer.start()
             run = _refresh(manifest, out, pools, half)
             end = time.perf_counter()
