@@ -68,6 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skus", type=int, default=42)
     p.add_argument("--cpus", type=int, default=6, help="total logical CPUs of each cluster (divisible by 3)")
+    p.add_argument("--kill-only", action="store_true", help="only the node-kill measurement (3 nodes)")
     args = p.parse_args()
     per = args.cpus // 3
     # The same pools on both clusters: 2 generators and 1 scorer, room left for Ray Data's tasks.
@@ -76,13 +77,15 @@ def main() -> None:
     report: dict = {"skus": args.skus, "total_cpus": args.cpus, "pools": " ".join(pools)}
     with tempfile.TemporaryDirectory(prefix="adloop-cluster-") as tmp:
         manifest = write_manifest(Path(tmp) / "skus.jsonl", args.skus)
-        with LocalCluster(head_cpus=args.cpus, worker_cpus=[], dashboard=False) as one:
-            ray.init(address=one.address, log_to_driver=False)
-            report["one_node"] = _refresh(manifest, Path(tmp) / "one", pools, ["--threshold", "0"])
-            ray.shutdown()
+        if not args.kill_only:
+            with LocalCluster(head_cpus=args.cpus, worker_cpus=[], dashboard=False) as one:
+                ray.init(address=one.address, log_to_driver=False)
+                report["one_node"] = _refresh(manifest, Path(tmp) / "one", pools, ["--threshold", "0"])
+                ray.shutdown()
         with LocalCluster(head_cpus=per, worker_cpus=[per, per]) as three:
             ray.init(address=three.address, log_to_driver=False)
-            report["three_nodes"] = _refresh(manifest, Path(tmp) / "three", pools, ["--threshold", "0"])
+            if not args.kill_only:
+                report["three_nodes"] = _refresh(manifest, Path(tmp) / "three", pools, ["--threshold", "0"])
             half = ["--rfnet", "fixed-rate:0.5", "--max-attempts", "4"]
             report["three_nodes_rounds"] = _refresh(manifest, Path(tmp) / "rounds", pools, half)
             record: dict = {}
@@ -95,7 +98,10 @@ def main() -> None:
             run["kill_to_finish_s"] = end - record["killed_at"] if "killed_at" in record else None
             report["three_nodes_rounds_node_killed"] = run
             ray.shutdown()
-    report["three_over_one_throughput"] = report["three_nodes"]["images_per_s"] / report["one_node"]["images_per_s"]
+    if not args.kill_only:
+        report["three_over_one_throughput"] = (
+            report["three_nodes"]["images_per_s"] / report["one_node"]["images_per_s"]
+        )
     report["killed_over_unkilled_seconds"] = (
         report["three_nodes_rounds_node_killed"]["seconds"] / report["three_nodes_rounds"]["seconds"]
     )
