@@ -40,20 +40,19 @@ def _refresh(manifest: Path, out: Path, pools: list[str], extra: list[str]) -> d
 
 
 def _kill_a_pool_node(cluster, out: Path, record: dict) -> None:
-    from ray.util.state import list_actors
+    import ray
 
     from engine.outputs import complete_parts
 
     while not complete_parts(str(out / "candidates")):
         time.sleep(0.2)
     head = cluster.node_ids()["head"]
-    actors = list_actors(address=cluster.dashboard_url, detail=True, limit=1000, raise_on_missing_output=False)
     nodes = [
-        a.node_id
-        for a in actors
-        if any(s in (a.repr_name or a.class_name or "") for s in ("GenerateCandidates", "ScoreStage"))
-        and a.state == "ALIVE"
-        and a.node_id != head
+        a["Address"]["NodeID"]
+        for a in ray._private.state.actors().values()
+        if any(s in a["ActorClassName"] for s in ("GenerateCandidates", "ScoreStage"))
+        and a["State"] == "ALIVE"
+        and a["Address"]["NodeID"] != head
     ]
     if nodes:
         cluster.kill_node(cluster.node_named(nodes[0]))

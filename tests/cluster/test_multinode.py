@@ -60,16 +60,13 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def _actor_nodes(c: LocalCluster, stage: str, alive_only: bool = False) -> list[str]:
-    """Node ids of the Ray Data actors running ``stage`` (this job's, from the state API)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=c.dashboard_url, detail=True, limit=1000, raise_on_missing_output=False)
+    """Node ids of the actors whose class name contains ``stage`` (Ray Data names its pool actors
+    ``MapWorker(MapBatches(<stage>))``), read from the GCS actor table."""
+    actors = ray._private.state.actors().values()
     return [
-        a.node_id
+        a["Address"]["NodeID"]
         for a in actors
-        if (stage in (a.repr_name or "") or stage in (a.class_name or ""))
-        and (a.state == "ALIVE" or not alive_only)
-        and a.node_id
+        if stage in a["ActorClassName"] and (a["State"] == "ALIVE" or not alive_only) and a["Address"]["NodeID"]
     ]
 
 
