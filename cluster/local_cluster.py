@@ -231,6 +231,15 @@ class LocalCluster:
         names = {v: k for k, v in self.node_ids().items()}
         return next(n for n in [self.head, *self.workers] if n.name == names[node_id])
 
+    def runs(self, node: Node, marker: str) -> bool:
+        """Whether a worker process of ``node`` (a child of its raylet) has ``marker`` in its title, e.g. the
+        Ray Data actor ``ray::MapWorker(MapBatches(GenerateCandidates))``. Read from /proc: no Ray API."""
+        raylets = {pid for pid in _pids_naming(node.temp_dir) if b"/raylet/raylet" in _cmdline(pid)}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and marker.encode() in _cmdline(int(entry)) and _ppid(int(entry)) in raylets:
+                return True
+        return False
+
     def _wait_dashboard(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while True:
@@ -285,6 +294,22 @@ def _kill_group(node: Node, sig: int, wait: float = 0) -> None:
     if sig == signal.SIGKILL:
         with contextlib.suppress(subprocess.TimeoutExpired):
             node.process.wait(timeout=10)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _pids_naming(marker: str) -> list[int]:

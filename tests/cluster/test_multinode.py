@@ -116,12 +116,11 @@ def test_refresh_survives_losing_a_worker_node(cluster, tmp_path):
             while time.time() < deadline and not complete_parts(str(out / "candidates")):
                 time.sleep(0.5)
             # The pools need 2.25 CPUs and the head has 2, so at least one of their actors is on a worker.
-            head = cluster.node_ids()["head"]
-            pools = _actor_nodes(cluster, "GenerateCandidates", True) + _actor_nodes(cluster, "ScoreStage", True)
-            on_workers = [n for n in pools if n != head]
-            killed["pools"] = pools
-            if on_workers:
-                killed["node"] = cluster.node_named(on_workers[0])
+            running = [w for w in cluster.workers if w.alive and cluster.runs(w, "GenerateCandidates")]
+            running += [w for w in cluster.workers if w.alive and cluster.runs(w, "ScoreStage")]
+            killed["pools_on"] = [w.name for w in running]
+            if running:
+                killed["node"] = running[0]
                 killed["done_before"] = len(complete_parts(str(out / "results")))
                 cluster.kill_node(killed["node"])
                 killed["at"] = time.time()
