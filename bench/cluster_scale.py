@@ -40,22 +40,17 @@ def _refresh(manifest: Path, out: Path, pools: list[str], extra: list[str]) -> d
 
 
 def _kill_a_pool_node(cluster, out: Path, record: dict) -> None:
-    import ray
-
     from engine.outputs import complete_parts
 
     while not complete_parts(str(out / "candidates")):
         time.sleep(0.2)
-    head = cluster.node_ids()["head"]
-    nodes = [
-        a["Address"]["NodeID"]
-        for a in ray._private.state.actors().values()
-        if any(s in a["ActorClassName"] for s in ("GenerateCandidates", "ScoreStage"))
-        and a["State"] == "ALIVE"
-        and a["Address"]["NodeID"] != head
+    running = [
+        w
+        for w in cluster.workers
+        if w.alive and (cluster.runs(w, "GenerateCandidates") or cluster.runs(w, "ScoreStage"))
     ]
-    if nodes:
-        cluster.kill_node(cluster.node_named(nodes[0]))
+    if running:
+        cluster.kill_node(running[0])
         record["killed_at"] = time.perf_counter()
 
 
