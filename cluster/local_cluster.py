@@ -114,7 +114,24 @@ class LocalCluster:
 
     # ------------------------------------------------------------------------------------------ start
 
-    def start(self, timeout: float = 180) -> None:
+    def start(self, timeout: float = 180, attempts: int = 3) -> None:
+        """Start the head and the workers; wait until all are alive (and the dashboard answers).
+
+        Ray gives a starting node 30 s to register (hard-coded); on a machine this loaded that can pass,
+        and the node exits. Then the whole cluster is started again, up to ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_all(timeout)
+                return
+            except RuntimeError as err:
+                self.stop()
+                self.head, self.workers = None, []
+                if attempt == attempts:
+                    raise
+                logger.warning("cluster start failed (attempt %d of %d), starting again: %s", attempt, attempts, err)
+
+    def _start_all(self, timeout: float) -> None:
         from ray._private.services import resolve_ip_for_localhost
 
         _use_token_auth()
@@ -142,11 +159,20 @@ class LocalCluster:
     def add_worker(self, num_cpus: int, name: str | None = None, wait: bool = True, timeout: float = 120) -> Node:
         """Start one more worker node (what an autoscaler or KubeRay does after a node is lost)."""
         name = name or f"worker{len(self.workers) + 1}"
-        node = self._start_node(name, num_cpus, ["--address", self.address])
-        self.workers.append(node)
-        if wait:
-            self._wait_nodes(1 + sum(w.alive for w in self.workers), timeout)
-        return node
+        for attempt in range(3):
+            node = self._start_node(name, num_cpus, ["--address", self.address])
+            self.workers.append(node)
+            if not wait:
+                return node
+            try:
+                self._wait_nodes(1 + sum(w.alive for w in self.workers), timeout)
+                return node
+            except RuntimeError:  # it missed Ray's 30 s registration window: try again
+                self.workers.remove(node)
+                _kill_group(node, signal.SIGKILL)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _start_node(self, name: str, num_cpus: int, args: list[str]) -> Node:
         # Short: Ray's unix socket paths under the temp dir must fit in 107 bytes.
@@ -189,6 +215,30 @@ class LocalCluster:
         except Exception:
             return None
         return sum(1 for info in infos.values() if info.state == 0)  # 0 = ALIVE
+
+    def node_ids(self) -> dict[str, str]:
+        """Ray node id (hex) of each node started here that the GCS reports alive, by node name."""
+        from ray._raylet import GcsClient
+
+        infos = GcsClient(address=self.address).get_all_node_info(timeout=10)
+        by_port = {info.node_manager_port: node_id.hex() for node_id, info in infos.items() if info.state == 0}
+        return {
+            n.name: by_port[n.node_manager_port] for n in [self.head, *self.workers] if n.node_manager_port in by_port
+        }
+
+    def node_named(self, node_id: str) -> Node:
+        """The node started here that has Ray node id ``node_id``."""
+        names = {v: k for k, v in self.node_ids().items()}
+        return next(n for n in [self.head, *self.workers] if n.name == names[node_id])
+
+    def runs(self, node: Node, marker: str) -> bool:
+        """Whether a worker process of ``node`` (a child of its raylet) has ``marker`` in its title, e.g. the
+        Ray Data actor ``ray::MapWorker(MapBatches(GenerateCandidates))``. Read from /proc: no Ray API."""
+        raylets = {pid for pid in _pids_naming(node.temp_dir) if b"/raylet/raylet" in _cmdline(pid)}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and marker.encode() in _cmdline(int(entry)) and _ppid(int(entry)) in raylets:
+                return True
+        return False
 
     def _wait_dashboard(self, timeout: float) -> None:
         deadline = time.time() + timeout
@@ -244,6 +294,22 @@ def _kill_group(node: Node, sig: int, wait: float = 0) -> None:
     if sig == signal.SIGKILL:
         with contextlib.suppress(subprocess.TimeoutExpired):
             node.process.wait(timeout=10)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _pids_naming(marker: str) -> list[int]:
