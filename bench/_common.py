@@ -9,10 +9,26 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "engine" / "assets" / "samples").iterdir())
+
+
+def sample_batch(size: int, n: int, prompt: str = "product on a desk") -> dict[str, np.ndarray]:
+    """A generation batch of ``n`` bundled samples laid out on a ``size`` canvas (GenerateStage's columns)."""
+    from engine.conditioning import build_condition, decode_product, layout
+    from engine.config import ConditioningConfig
+    from engine.prepare import stack_rows
+
+    cond = ConditioningConfig(size=size)
+    rows = []
+    for i in range(n):
+        path = SAMPLES[i % len(SAMPLES)]
+        c = build_condition(layout(decode_product(path.read_bytes(), str(path), cond), cond), cond)
+        rows.append({"seed": i, "prompt": prompt, "negative_prompt": "blurry", **vars(c)})
+    return stack_rows(rows)
 
 
 def write_manifest(path: Path, n: int) -> Path:

@@ -21,22 +21,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.conditioning import build_condition, decode_product, layout  # noqa: E402
-from engine.config import ConditioningConfig, GeneratorConfig  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import sample_batch  # noqa: E402
+
+from engine.config import GeneratorConfig  # noqa: E402
 from engine.generate import GenerateStage  # noqa: E402
-from engine.prepare import stack_rows  # noqa: E402
-from engine.samples import SAMPLES_DIR  # noqa: E402
-
-
-def batch(size: int, n: int) -> dict[str, np.ndarray]:
-    cond = ConditioningConfig(size=size)
-    paths = sorted(SAMPLES_DIR.iterdir())
-    rows = []
-    for i in range(n):
-        path = paths[i % len(paths)]
-        c = build_condition(layout(decode_product(path.read_bytes(), str(path), cond), cond), cond)
-        rows.append({"seed": i, "prompt": "product on a marble table", "negative_prompt": "blurry", **vars(c)})
-    return stack_rows(rows)
 
 
 def flops(stage: GenerateStage, b: dict, steps: int) -> float:
@@ -59,7 +48,7 @@ def main() -> None:
     stage = GenerateStage(
         GeneratorConfig(base_model="sd15", size=args.size, steps=args.steps[0], dtype="bf16", device="cuda")
     )
-    b = batch(args.size, args.batch)
+    b = sample_batch(args.size, args.batch, "product on a marble table")
     one, two = flops(stage, b, 1), flops(stage, b, 2)
     per_step = two - one
     results = {"gpu": torch.cuda.get_device_name(), "batch": args.batch, "size": args.size, "runs": []}

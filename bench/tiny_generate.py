@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from engine.conditioning import build_condition, decode_product, layout
-from engine.config import ConditioningConfig, GeneratorConfig
-from engine.generate import GenerateStage
-from engine.prepare import stack_rows
-from engine.samples import SAMPLES_DIR
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import sample_batch  # noqa: E402
 
-
-def _batch(size: int, n: int) -> dict[str, np.ndarray]:
-    cond = ConditioningConfig(size=size)
-    paths = sorted(SAMPLES_DIR.iterdir())
-    rows = []
-    for i in range(n):
-        path = paths[i % len(paths)]
-        c = build_condition(layout(decode_product(path.read_bytes(), str(path), cond), cond), cond)
-        rows.append({"seed": i, "prompt": "product on a desk", "negative_prompt": "blurry", **vars(c)})
-    return stack_rows(rows)
+from engine.config import GeneratorConfig  # noqa: E402
+from engine.generate import GenerateStage  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +30,7 @@ def main() -> None:
     stage = GenerateStage(GeneratorConfig(size=args.size, steps=args.steps))
     results = {}
     for bs in (1, 4):
-        batch = _batch(args.size, bs)
+        batch = sample_batch(args.size, bs)
         stage(batch)  # warm-up
         times = []
         for _ in range(args.repeats):
