@@ -234,7 +234,7 @@ class LocalCluster:
     def runs(self, node: Node, marker: str) -> bool:
         """Whether a worker process of ``node`` (a child of its raylet) has ``marker`` in its title, e.g. the
         Ray Data actor ``ray::MapWorker(MapBatches(GenerateCandidates))``. Read from /proc: no Ray API."""
-        raylets = {pid for pid in _pids_naming(node.temp_dir) if b"/raylet/raylet" in _cmdline(pid)}
+        raylets = {pid for pid in pids_naming(node.temp_dir) if b"/raylet/raylet" in _cmdline(pid)}
         for entry in os.listdir("/proc"):
             if entry.isdigit() and marker.encode() in _cmdline(int(entry)) and _ppid(int(entry)) in raylets:
                 return True
@@ -288,7 +288,7 @@ def _kill_group(node: Node, sig: int, wait: float = 0) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             node.process.wait(timeout=wait)
     # Workers the raylet spawned may have left the group; they still name the node's temp dir.
-    for pid in _pids_naming(node.temp_dir):
+    for pid in pids_naming(node.temp_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
     if sig == signal.SIGKILL:
@@ -312,7 +312,8 @@ def _ppid(pid: int) -> int:
         return -1
 
 
-def _pids_naming(marker: str) -> list[int]:
+def pids_naming(marker: str) -> list[int]:
+    """PIDs (other than ours) whose command line contains ``marker``, e.g. a cluster's temp dir."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():

@@ -12,50 +12,23 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
 import pytest
 
+from cluster.local_cluster import BIN, free_ports, pids_naming
 from rfnet.synth import generate_rf1m
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _pids_using(marker: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
 
 
 @contextlib.contextmanager
 def ray_head(env: dict[str, str]):
     temp_dir = tempfile.mkdtemp(prefix="adl-rf-", dir="/tmp")  # short: Ray's unix socket paths must fit
-    gcs, dash, client, agent, agent_grpc, rt_agent, metrics, nm, om = _free_ports(9)
+    gcs, dash, client, agent, agent_grpc, rt_agent, metrics, nm, om = free_ports(9)
     cmd = [
         os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
         "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
@@ -84,7 +57,7 @@ def ray_head(env: dict[str, str]):
             os.killpg(head.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=30)
-        for pid in _pids_using(temp_dir):  # workers that left the group but still belong to this cluster
+        for pid in pids_naming(temp_dir):  # workers that left the group but still belong to this cluster
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -113,4 +86,4 @@ def test_train_rfnet_via_ray_job_submit(tmp_path):
 
 @pytest.mark.parametrize("n", [3])
 def test_free_ports_are_distinct(n):
-    assert len(set(_free_ports(n))) == n
+    assert len(set(free_ports(n))) == n
