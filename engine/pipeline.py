@@ -123,6 +123,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     state = join(cfg.output, "_state", run_id)
     context = ray.data.DataContext.get_current()
+    # Our own bar reports SKUs; ADLOOP_RAY_PROGRESS=1 brings back Ray Data's per-operator bars for debugging.
     context.enable_progress_bars = os.environ.get("ADLOOP_RAY_PROGRESS") == "1"
     context.print_on_execution_start = False
     logger.info("pools: %s", plan)
@@ -233,7 +234,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
             "speculative_candidates": speculative,
             "images_per_second": generated / wall if wall > 0 else 0.0,
             "mean_generation_batch_fill": float(np.mean(fills)) if fills else None,
-            **{f"{k}": v for k, v in counts.items()},
+            **counts,
         },
         "models": {**models, "rfnet": cfg.scorer.rfnet},
         "pools": dataclasses.asdict(plan),
