@@ -8,6 +8,10 @@
     5. decide + write  CPU tasks: the first accepted attempt wins; rejects become pending rows
     6. attempts 2..K   steps 2-5 again over the pending rows only, in rounds, until none are left
 
+Each round's write tasks stage their files and the driver commits each batch as its stats arrive
+(engine/commit.py), so a round that fails because the cluster lost a node, actor or object is rerun
+over the SKUs it has not committed, without a SKU ever getting two final rows.
+
 Rejects re-enter the generation pool as *rounds* over the pending SKUs. When few SKUs remain pending
 a round would leave the generators' batches half empty, so each pending SKU then gets ``m``
 candidates at once (its next ``m`` attempts), ``m`` sized from the acceptance rate seen so far and
@@ -36,6 +40,7 @@ from tqdm import tqdm
 
 from cluster.resources import ResourceConfig, plan_pools
 from cluster.storage import filesystem, join
+from engine.commit import RoundLedger, iter_stats
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.models import describe
 from engine.outputs import complete_parts, iter_column_batches, summarise, write_parquet_atomic, write_summary
@@ -81,6 +86,8 @@ class RefreshConfig:
     this probability at the acceptance rate seen so far (within its remaining budget)."""
     stage_rows_per_file: int = 5000
     """Rows per staged input file (the granularity Ray Data reads the catalog in)."""
+    round_retries: int = 3
+    """How often a round whose execution fails for a system reason (lost node/actor/object) is rerun."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +95,8 @@ class RefreshConfig:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.generator.size != self.conditioning.size:
             raise ValueError("generator and conditioning canvas sizes differ")
+        if self.round_retries < 0:
+            raise ValueError(f"round_retries must be >= 0, got {self.round_retries}")
         if not 0 < self.success_target < 1:
             raise ValueError("success_target must be in (0, 1)")
 
@@ -108,6 +117,40 @@ def candidates_per_sku(
         needed = math.ceil(math.log(1.0 - target) / math.log(1.0 - rate))
     fill = math.ceil(capacity / pending)
     return max(1, min(budget, needed, fill))
+
+
+@dataclass
+class Tally:
+    """This run's figures, from the stats rows of committed batches (each SKU's row counted once)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "needs_review": 0, "failed": 0})
+    generated: int = 0
+    accepted: int = 0
+    speculative: int = 0
+    """Candidates generated after the one that was accepted (the price of several per SKU per round)."""
+    pending: int = 0
+    """SKUs the current round sends to the next."""
+    fills: list[float] = field(default_factory=list)
+
+    def add(self, stats: dict[str, np.ndarray]) -> int:
+        """Count a batch of stats rows; returns how many SKUs they finished."""
+        finished = 0
+        for outcome, attempts_row, accepted_row in zip(
+            stats["outcome"], stats["cand_attempt"], stats["cand_accepted"], strict=True
+        ):
+            if outcome == "pending":
+                self.pending += 1
+            else:
+                self.counts[outcome] += 1
+                finished += 1
+            if outcome == "failed":
+                continue
+            self.generated += len(attempts_row)
+            self.accepted += int(accepted_row.sum())
+            if outcome == "accepted":
+                self.speculative += len(attempts_row) - int(np.argmax(accepted_row)) - 1
+        self.fills.extend(float(f) for f in stats["gen_fill"] if f > 0)
+        return finished
 
 
 def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
@@ -137,88 +180,49 @@ def run_refresh(cfg: RefreshConfig) -> dict:
         templates=templates, run_seed=cfg.run_seed, rotate_after=cfg.rotate_after, mix_caption=cfg.mix_caption
     )
     threads = None if plan.gpus_per_generator > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
-    counts = {"accepted": 0, "needs_review": 0, "failed": 0}
-    generated = accepted = speculative = 0
-    fills: list[float] = []
+    tally = Tally()
     source, pending, attempts_done, rounds = join(state, "input"), staged["to_process"], 0, 0
     bar = tqdm(total=staged["to_process"], desc="refresh", unit="sku", disable=not cfg.progress, file=sys.stderr)
     while pending > 0:
         rounds += 1
         capacity = plan.generators * plan.gen_batch_size * 2
         m = candidates_per_sku(
-            pending, attempts_done, cfg.max_attempts, capacity, accepted, generated, cfg.success_target
+            pending, attempts_done, cfg.max_attempts, capacity, tally.accepted, tally.generated, cfg.success_target
         )
-        rows_per_gen = max(1, plan.gen_batch_size // m)
-        # Every task asks for a small CPU share: the actors hold most of the cores, and a task asking for
-        # a whole CPU could wait forever beside them.
-        ds = ray.data.read_parquet(
-            complete_parts(source),
-            filesystem=filesystem(cfg.output)[0],
-            ray_remote_args={"num_cpus": plan.cpus_per_task},
-        )
-        # 2. conditions (CPU tasks)
-        ds = ds.map_batches(
-            _apply,
-            fn_kwargs={"stage": ConditionCandidates(cfg.conditioning, policy, m)},
-            batch_size=rows_per_gen,
-            num_cpus=plan.cpus_per_task,
-        )
-        # 3. generate (actor pool)
-        ds = ds.map_batches(
-            GenerateCandidates,
-            fn_constructor_kwargs={
-                "cfg": _on_device(cfg.generator, plan.gpus_per_generator),
-                "threads": threads,
-                "gen_batch_size": plan.gen_batch_size,
-            },
-            batch_size=rows_per_gen,
-            concurrency=plan.generators,
-            num_cpus=plan.cpus_per_generator,
-            num_gpus=plan.gpus_per_generator,
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
-        # 4. score (actor pool)
-        ds = ds.map_batches(
-            ScoreStage,
-            fn_constructor_kwargs={"cfg": _scorer_on_device(cfg.scorer, plan.gpus_per_scorer)},
-            batch_size=max(1, plan.score_batch_size // m),
-            concurrency=plan.scorers,
-            num_cpus=plan.cpus_per_scorer,
-            num_gpus=plan.gpus_per_scorer,
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
-        # 5. decide + write; rejects become the next round's pending rows
-        ctx = WriteContext(out=cfg.output, run_id=run_id, round=rounds, max_attempts=cfg.max_attempts, models=models)
-        ds = ds.map_batches(
-            _apply, fn_kwargs={"stage": DecideAndWrite(ctx)}, batch_size=rows_per_gen, num_cpus=plan.cpus_per_task
-        )
-        next_pending = 0
-        for stats in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for outcome, attempts_row, accepted_row in zip(
-                stats["outcome"], stats["cand_attempt"], stats["cand_accepted"], strict=True
-            ):
-                if outcome == "failed":
-                    counts["failed"] += 1
-                    continue
-                generated += len(attempts_row)
-                accepted += int(accepted_row.sum())
-                if outcome == "accepted":
-                    counts["accepted"] += 1
-                    first = int(np.argmax(accepted_row))
-                    speculative += len(attempts_row) - first - 1
-                elif outcome == "needs_review":
-                    counts["needs_review"] += 1
-                else:
-                    next_pending += 1
-            fills.extend(float(f) for f in stats["gen_fill"] if f > 0)
-            bar.update(int((stats["outcome"] != "pending").sum()))
-            bar.set_postfix(round=rounds, m=m, **counts, pending=staged["to_process"] - sum(counts.values()))
+        next_source = join(state, f"pending-r{rounds:02d}")
+        ledger = RoundLedger(cfg.output, next_source)
+        round_input, tries, tally.pending = complete_parts(source), 0, 0
+        try:
+            # A round failing for a system reason (lost node, actor, object) is rerun over its uncommitted SKUs.
+            while round_input:
+                tries += 1
+                ctx = WriteContext(
+                    out=cfg.output, run_id=run_id, round=rounds, max_attempts=cfg.max_attempts, models=models,
+                    staging=join(state, f"r{rounds:02d}-try{tries}"),
+                )  # fmt: skip
+                ds = _round_dataset(cfg, plan, policy, threads, round_input, m, ctx)
+                try:
+                    for stats in iter_stats(
+                        ds.iter_batches(batch_size=None, batch_format="numpy"), ledger, ctx.staging
+                    ):
+                        bar.update(tally.add(stats))
+                        bar.set_postfix(round=rounds, m=m, **tally.counts, pending=bar.total - bar.n)
+                    round_input = []
+                except Exception as err:
+                    if tries > cfg.round_retries or not is_system_failure(err):
+                        raise
+                    rerun = join(state, f"r{rounds:02d}-rerun{tries}")
+                    left = ledger.uncommitted(round_input, rerun, cfg.stage_rows_per_file)
+                    logger.warning(
+                        "round %d failed (%s: %s); rerunning it for its %d SKUs not committed yet (rerun %d of %d)",
+                        rounds, type(err).__name__, err, left, tries, cfg.round_retries,
+                    )  # fmt: skip
+                    round_input = complete_parts(rerun) if left else []
+        finally:
+            ledger.close()
         attempts_done += m
-        pending = next_pending
-        source = join(state, f"pending-r{rounds:02d}")
-        bar.set_postfix(round=rounds, **counts, pending=pending)
+        pending, source = tally.pending, next_source
+        bar.set_postfix(round=rounds, **tally.counts, pending=pending)
     bar.close()
     _remove(state)
     wall = time.time() - start
@@ -230,11 +234,11 @@ def run_refresh(cfg: RefreshConfig) -> dict:
             "skipped_already_done": staged["skipped_done"],
             "duplicate_ids": staged["duplicates"],
             "rounds": rounds,
-            "candidates_generated": generated,
-            "speculative_candidates": speculative,
-            "images_per_second": generated / wall if wall > 0 else 0.0,
-            "mean_generation_batch_fill": float(np.mean(fills)) if fills else None,
-            **counts,
+            "candidates_generated": tally.generated,
+            "speculative_candidates": tally.speculative,
+            "images_per_second": tally.generated / wall if wall > 0 else 0.0,
+            "mean_generation_batch_fill": float(np.mean(tally.fills)) if tally.fills else None,
+            **tally.counts,
         },
         "models": {**models, "rfnet": cfg.scorer.rfnet},
         "pools": dataclasses.asdict(plan),
@@ -247,6 +251,87 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     except Exception:
         logger.exception("could not write the run report; rebuild it with `adloop report %s`", cfg.output)
     return summary
+
+
+def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, threads, parts: list[str], m: int, ctx):
+    """Steps 2-5 of one round over the pending rows in ``parts``, as a lazy Ray Data dataset of stats rows."""
+    rows_per_gen = max(1, plan.gen_batch_size // m)
+    # Every task asks for a small CPU share: the actors hold most of the cores, and a task asking for
+    # a whole CPU could wait forever beside them.
+    ds = ray.data.read_parquet(
+        parts, filesystem=filesystem(cfg.output)[0], ray_remote_args={"num_cpus": plan.cpus_per_task}
+    )
+    # One block per generator batch. A staged file is read as one block, and a map over one block is one
+    # task whose output is one block: without this the whole file would be conditioned, then generated,
+    # then scored, then written, one stage after the other, with nothing committed until the end.
+    # ``strict`` makes every batch the same consecutive rows whatever order tasks finish in: batched float
+    # math differs in the last bits with the batch's neighbours, so this keeps "same seed, same image".
+    ds = ds.repartition(target_num_rows_per_block=rows_per_gen, strict=True)
+    # 2. conditions (CPU tasks)
+    ds = ds.map_batches(
+        _apply,
+        fn_kwargs={"stage": ConditionCandidates(cfg.conditioning, policy, m)},
+        batch_size=rows_per_gen,
+        num_cpus=plan.cpus_per_task,
+    )
+    # 3. generate (actor pool)
+    ds = ds.map_batches(
+        GenerateCandidates,
+        fn_constructor_kwargs={
+            "cfg": _on_device(cfg.generator, plan.gpus_per_generator),
+            "threads": threads,
+            "gen_batch_size": plan.gen_batch_size,
+        },
+        batch_size=rows_per_gen,
+        concurrency=plan.generators,
+        num_cpus=plan.cpus_per_generator,
+        num_gpus=plan.gpus_per_generator,
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    # 4. score (actor pool)
+    ds = ds.map_batches(
+        ScoreStage,
+        fn_constructor_kwargs={"cfg": _scorer_on_device(cfg.scorer, plan.gpus_per_scorer)},
+        batch_size=max(1, plan.score_batch_size // m),
+        concurrency=plan.scorers,
+        num_cpus=plan.cpus_per_scorer,
+        num_gpus=plan.gpus_per_scorer,
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    # 5. decide + write (into the round attempt's staging folder; the driver commits)
+    return ds.map_batches(
+        _apply, fn_kwargs={"stage": DecideAndWrite(ctx)}, batch_size=rows_per_gen, num_cpus=plan.cpus_per_task
+    )
+
+
+# Failures of the cluster rather than of the job's code: a rerun of the round can get past them.
+SYSTEM_FAILURES = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.RaySystemError,
+    ray.exceptions.OutOfMemoryError,
+    ray.data.exceptions.SystemException,
+)
+
+
+def is_system_failure(err: BaseException) -> bool:
+    """Whether ``err``, or anything it was raised from, is a lost node, actor, worker or object."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, SYSTEM_FAILURES):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return False
 
 
 def _on_device(gen: GeneratorConfig, gpus: float) -> GeneratorConfig:

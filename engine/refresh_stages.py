@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cluster.storage import join, read_bytes, write_bytes_atomic
@@ -35,6 +34,7 @@ from engine.paths import safe_name
 from engine.prepare import MissingImageError, PromptPolicy, read_image_bytes
 from engine.prompts import render_prompt, template_index
 from engine.seeds import attempt_seed
+from engine.torch_thread import TorchThread
 
 # Columns of a pending row (all scalars). A plan row from the input has attempts_done 0, best_p -1.
 PENDING_DEFAULTS = {
@@ -121,11 +121,8 @@ class GenerateCandidates:
     """The generation actor: loads the pipeline once, paints every candidate of every good row."""
 
     def __init__(self, cfg: GeneratorConfig, threads: int | None = None, gen_batch_size: int = 4):
-        if threads:
-            # Ray pins OMP_NUM_THREADS to the actor's CPU reservation; on CPU the pipeline should use
-            # the cores it was planned for.
-            torch.set_num_threads(threads)
-        self.stage = GenerateStage(cfg)
+        self.torch = TorchThread(threads)
+        self.stage = self.torch.run(GenerateStage, cfg)
         self.gen_batch_size = gen_batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -146,7 +143,7 @@ class GenerateCandidates:
                 "negative_prompt": np.array([p for r in rows for p in json.loads(batch["negatives_json"][r])]),
                 "seed": batch["seed"][rows].reshape(-1),
             }
-            out = self.stage(flat)
+            out = self.torch.run(self.stage, flat)
             generated[rows] = out["generated"].reshape(len(rows), m, s, s, 3)
             seconds[rows] = out["gen_seconds"].reshape(len(rows), m).sum(axis=1)
             fill[:] = len(rows) * m / self.gen_batch_size
@@ -161,6 +158,8 @@ class WriteContext:
     max_attempts: int
     models: dict[str, str]
     """base_model / controlnet / lora identifiers; the scorer's id and threshold come with each row."""
+    staging: str
+    """Where this round attempt's batch files go; the driver commits them (engine/commit.py)."""
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -245,17 +244,18 @@ class DecideAndWrite:
                 base["attempts_done"] += m
                 pending.append(base)
         sku_ids = [str(s) for s in batch["sku_id"]]
-        tag = f"r{ctx.round:02d}"
-        # Order matters for crash safety: candidates, then the commit point (results), then pending.
-        if candidates:
-            write_parquet_atomic(join(ctx.out, "candidates", part_name(sku_ids, tag)), candidates, CANDIDATE_SCHEMA)
-        if results:
-            write_parquet_atomic(join(ctx.out, "results", part_name(sku_ids, tag)), results, RESULT_SCHEMA)
-        if pending:
-            folder = join(ctx.out, "_state", ctx.run_id, f"pending-{tag}")
-            write_parquet_atomic(join(folder, part_name(sku_ids, tag)), pending, pending_schema())
+        part = part_name(sku_ids, f"r{ctx.round:02d}")
+        # Staged only: the driver moves these into the output when this batch's stats reach it.
+        for kind, rows, schema in (
+            ("candidates", candidates, CANDIDATE_SCHEMA),
+            ("results", results, RESULT_SCHEMA),
+            ("pending", pending, pending_schema()),
+        ):
+            if rows:
+                write_parquet_atomic(join(ctx.staging, kind, part), rows, schema)
         return {
             "sku_id": np.array(sku_ids, dtype=object).astype(str),
+            "part": np.full(b, part, dtype=object).astype(str),
             "outcome": outcome.astype(str),
             "final_attempts": final_attempts,
             "cand_attempt": batch["attempt"],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.refresh_stages import encode_lists
+from engine.torch_thread import TorchThread
 from rfnet import LABELS
 
 FIXED_RATE_PREFIX = "fixed-rate:"
@@ -71,8 +72,9 @@ class ScoreStage:
         else:
             from rfnet import Scorer
 
-            self.scorer = Scorer(
-                cfg.rfnet, device=cfg.device, threshold=cfg.threshold, depth=cfg.depth, saliency=cfg.saliency
+            self.torch = TorchThread()
+            self.scorer = self.torch.run(
+                Scorer, cfg.rfnet, device=cfg.device, threshold=cfg.threshold, depth=cfg.depth, saliency=cfg.saliency
             )
             self.threshold = self.scorer.threshold
         self.model_id = self.scorer.model_id
@@ -96,7 +98,7 @@ class ScoreStage:
                 product = batch["product_rgba"][rows].reshape(-1, *batch["product_rgba"].shape[2:])
                 images = generated[rows].reshape(-1, *generated.shape[2:])
                 captions = [str(batch["caption"][r]) for r in rows for _ in range(m)]
-                result = self.scorer.score(product, images, captions)
+                result = self.torch.run(self.scorer.score, product, images, captions)
                 p, probs = result.p_available, result.probabilities
             p_available[rows] = p.reshape(len(rows), m)
             probabilities[rows] = probs.reshape(len(rows), m, len(LABELS))

@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gen-batch-size", type=int, default=None, help="images per generator call (default 8 on GPU, 4 on CPU)"
     )
     r.add_argument("--score-batch-size", type=int, default=16, help="candidates per scorer call (default 16)")
+    r.add_argument(
+        "--round-retries",
+        type=int,
+        default=3,
+        help="rerun a round that fails for a cluster reason (lost node, actor or object) over its SKUs not "
+        "committed yet, up to this many times (default 3; 0 = fail the job)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
     return p.parse_args(argv)
 
@@ -97,6 +104,7 @@ def build_config(args: argparse.Namespace) -> RefreshConfig:
         run_seed=args.seed,
         max_attempts=args.max_attempts,
         rotate_after=args.rotate_after,
+        round_retries=args.round_retries,
         mix_caption=args.mix_caption,
         progress=not args.no_progress,
     )

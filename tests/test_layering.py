@@ -32,6 +32,8 @@ RAY_FREE = [
     "engine/generate.py",
     "engine/prepare.py",
     "engine/refresh_stages.py",
+    "engine/commit.py",
+    "engine/torch_thread.py",
     "engine/score.py",
     "engine/outputs.py",
     "engine/report.py",

@@ -101,12 +101,6 @@ def test_refresh_spreads_its_actor_pools_across_nodes(cluster, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: losing the node that runs a pool actor can fail the round's Ray Data execution "
-    "(ListFiles -> ActorDiedError from a Ray Data actor on the lost node); run_refresh does not yet rerun "
-    "a failed round for the SKUs without a final row",
-    strict=False,
-)
 def test_refresh_survives_losing_a_worker_node(cluster, tmp_path):
     manifest, ids = _manifest(tmp_path, copies=2)
     out = tmp_path / "out"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from cluster.resources import ResourceConfig, ResourceError, plan_pools
+from engine.commit import RoundLedger
 from engine.config import ConditioningConfig, GeneratorConfig
-from engine.outputs import complete_parts
-from engine.pipeline import candidates_per_sku, invalid_id_reason
+from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, complete_parts, part_name, write_parquet_atomic
+from engine.pipeline import candidates_per_sku, invalid_id_reason, is_system_failure
 from engine.prepare import PromptPolicy
 from engine.refresh_stages import (
     PENDING_DEFAULTS,
@@ -19,6 +22,7 @@ from engine.refresh_stages import (
     DecideAndWrite,
     GenerateCandidates,
     WriteContext,
+    pending_schema,
 )
 from engine.samples import SAMPLES_DIR
 from engine.score import ScorerConfig, ScoreStage
@@ -86,8 +90,15 @@ def test_stages_run_without_ray_and_the_first_accepted_attempt_wins(tmp_path):
         round=1,
         max_attempts=3,
         models={"base_model": "tiny", "controlnet": "c", "lora": ""},
+        staging=str(tmp_path / "out" / "_state" / "t" / "r01-try1"),
     )
     stats = DecideAndWrite(ctx)(batch)
+    # Staged, not committed: nothing counts as done until the driver commits the batch.
+    assert not complete_parts(str(tmp_path / "out" / "results"))
+    ledger = RoundLedger(ctx.out, str(tmp_path / "out" / "_state" / "t" / "pending-r01"))
+    assert ledger.commit(ctx.staging, stats).all()
+    assert not ledger.commit(ctx.staging, stats).any()  # a batch reported twice counts once
+    ledger.close()
     results = pq.read_table(complete_parts(str(tmp_path / "out" / "results"))).to_pylist()
     by_id = {r["sku_id"]: r for r in results}
     assert by_id["missing"]["status"] == "failed" and "missing_file" in by_id["missing"]["error"]
@@ -109,3 +120,58 @@ def test_half_written_files_never_count(tmp_path):
     (tmp_path / "part-r01-abc.parquet.tmp-123").write_bytes(b"partial")
     (tmp_path / "part-r01-def.parquet").write_bytes(b"x")
     assert [p.rsplit("/", 1)[-1] for p in complete_parts(str(tmp_path))] == ["part-r01-def.parquet"]
+
+
+def _stage_batch(staging: Path, ids: list[str], finished: list[str]) -> dict[str, np.ndarray]:
+    """Files and stats of one write task that finished ``finished`` and sent the rest to the next round."""
+    part = part_name(ids, "r01")
+    cand = [{"sku_id": s, "attempt": 1, "round": 1, "accepted": s in finished} for s in ids]
+    write_parquet_atomic(str(staging / "candidates" / part), cand, CANDIDATE_SCHEMA)
+    write_parquet_atomic(str(staging / "results" / part), [{"sku_id": s, "status": "accepted"} for s in finished],
+                         RESULT_SCHEMA)  # fmt: skip
+    rest = [{**PENDING_DEFAULTS, "sku_id": s} for s in ids if s not in finished]
+    write_parquet_atomic(str(staging / "pending" / part), rest, pending_schema())
+    return {"sku_id": np.array(ids), "part": np.array([part] * len(ids))}
+
+
+def test_a_failed_round_is_rerun_over_exactly_its_uncommitted_skus(tmp_path):
+    out, state = tmp_path / "out", tmp_path / "out" / "_state" / "run"
+    ids = [f"sku-{i}" for i in range(10)]
+    source = str(state / "input" / "part-000000.parquet")
+    write_parquet_atomic(source, [{**PENDING_DEFAULTS, "sku_id": s} for s in ids], pending_schema())
+    try1 = state / "r01-try1"
+    ledger = RoundLedger(str(out), str(state / "pending-r01"))
+    committed = _stage_batch(try1, ids[:4], finished=ids[:2])
+    late = _stage_batch(try1, ids[4:7], finished=ids[4:7])  # written, but its stats never reached the driver
+    assert ledger.commit(str(try1), committed).tolist() == [True] * 4
+    # The execution fails here. Its uncommitted batch stays staged and never reaches the output:
+    assert sorted(r["sku_id"] for r in pq.read_table(complete_parts(str(out / "results"))).to_pylist()) == ids[:2]
+    assert len(complete_parts(str(out / "candidates"))) == 1
+    assert len(complete_parts(str(state / "pending-r01"))) == 1
+    # The rerun's input is every SKU of the round not committed, once; the late batch's SKUs included.
+    left = ledger.uncommitted([source], str(state / "r01-rerun1"), rows_per_file=3)
+    rerun = pq.read_table(complete_parts(str(state / "r01-rerun1"))).column("sku_id").to_pylist()
+    assert left == 6 and sorted(rerun) == ids[4:] and len(complete_parts(str(state / "r01-rerun1"))) == 2
+    # A write task of the failed execution that finishes later is never committed: its stats come from
+    # the failed execution's staging folder only, and the rerun commits from its own.
+    assert (try1 / "results" / late["part"][0]).exists()
+    ledger.close()
+
+
+def test_only_cluster_failures_make_a_round_rerun():
+    def chained(outer: Exception, inner: Exception) -> Exception:
+        try:
+            try:
+                raise inner
+            except Exception as err:
+                raise outer from err
+        except Exception as err:
+            return err
+
+    assert is_system_failure(ray.exceptions.ActorDiedError())
+    assert is_system_failure(chained(RuntimeError("execution failed"), ray.exceptions.NodeDiedError("n")))
+    assert is_system_failure(
+        chained(ray.data.exceptions.SystemException(), ray.exceptions.ObjectLostError("f00d", "", ""))
+    )
+    assert not is_system_failure(chained(ray.data.exceptions.UserCodeException(), ValueError("a bug")))
+    assert not is_system_failure(KeyError("x"))

@@ -1,0 +1,122 @@
+"""The driver-side commit of a refresh round, so that a round can be rerun after a failure.
+
+A round's write tasks put each batch's files (candidates, results, pending rows) in the round
+attempt's *staging* folder, never in the output. The driver commits a batch when its stats row
+reaches it: it moves the batch's candidates file into ``candidates/``, its results file into
+``results/`` (the commit point of those SKUs) and its pending file into the next round's input. A
+SKU is committed once; a batch reported twice (a retried task) is counted once.
+
+Why the driver and not the task: when a node dies in the middle of a round, the round's Ray Data
+execution can fail while tasks of it still run elsewhere. The round is then rerun over the SKUs not
+committed yet. A write task of the failed execution that finishes late writes into that execution's
+staging folder, which nobody commits any more, so it can never add a second final row for a SKU the
+rerun also decides. The ledger of committed SKUs is an on-disk SQLite table, so memory stays flat at
+any catalog size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from cluster.storage import filesystem, join
+from engine.outputs import write_parquet_atomic
+
+logger = logging.getLogger(__name__)
+
+# Where a staged batch file goes when its batch is committed, in this order: results last but one,
+# because a results file is what makes a SKU done for a resumed run.
+KINDS = ("candidates", "results", "pending")
+
+
+class RoundLedger:
+    """The SKUs one round has committed so far, and the moves that commit them."""
+
+    def __init__(self, out: str, pending_folder: str):
+        self.out, self.pending_folder = out, pending_folder
+        self._tmp = tempfile.TemporaryDirectory(prefix="adloop-round-")
+        self._db = sqlite3.connect(os.path.join(self._tmp.name, "committed.sqlite"))
+        self._db.execute("CREATE TABLE sku (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE part (staging TEXT, name TEXT, PRIMARY KEY (staging, name)) WITHOUT ROWID")
+
+    def close(self) -> None:
+        self._db.close()
+        self._tmp.cleanup()
+
+    def commit(self, staging: str, stats: dict[str, np.ndarray]) -> np.ndarray:
+        """Commit the batches named in a stats batch; returns a mask of the rows seen for the first time
+        (count those; the others were reported before)."""
+        for name in dict.fromkeys(str(p) for p in stats["part"]):
+            if self._db.execute("INSERT OR IGNORE INTO part VALUES (?, ?)", (staging, name)).rowcount:
+                self._move_part(staging, name)
+        fresh = np.array(
+            [
+                bool(self._db.execute("INSERT OR IGNORE INTO sku VALUES (?)", (str(s),)).rowcount)
+                for s in stats["sku_id"]
+            ],
+            dtype=bool,
+        )
+        self._db.commit()
+        return fresh
+
+    def _move_part(self, staging: str, name: str) -> None:
+        destinations = {
+            "candidates": join(self.out, "candidates"),
+            "results": join(self.out, "results"),
+            "pending": self.pending_folder,
+        }
+        for kind in KINDS:
+            fs, src = filesystem(join(staging, kind, name))
+            if fs.exists(src):
+                _, dst_folder = filesystem(destinations[kind])
+                fs.makedirs(dst_folder, exist_ok=True)
+                fs.mv(src, f"{dst_folder.rstrip('/')}/{name}")
+
+    def uncommitted(self, source_parts: list[str], dest: str, rows_per_file: int = 5000) -> int:
+        """Write the rows of ``source_parts`` whose SKU is not committed as Parquet parts under ``dest``
+        (the rerun's input); returns how many there are."""
+        if not source_parts:
+            return 0
+        fs, _ = filesystem(dest)
+        dataset = pads.dataset(source_parts, format="parquet", filesystem=fs)
+        left, part = 0, 0
+        buffer: list[pa.RecordBatch] = []
+        buffered = 0
+        for batch in dataset.to_batches(batch_size=rows_per_file):
+            ids = batch.column("sku_id").to_pylist()
+            keep = [not self._is_committed(s) for s in ids]
+            kept = batch.filter(pa.array(keep))
+            if kept.num_rows:
+                buffer.append(kept)
+                buffered += kept.num_rows
+            if buffered >= rows_per_file:
+                part = self._flush(buffer, dest, part, dataset.schema)
+                left, buffer, buffered = left + buffered, [], 0
+        if buffer:
+            self._flush(buffer, dest, part, dataset.schema)
+            left += buffered
+        return left
+
+    def _is_committed(self, sku: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sku WHERE id = ?", (sku,)).fetchone() is not None
+
+    @staticmethod
+    def _flush(batches: list[pa.RecordBatch], dest: str, part: int, schema: pa.Schema) -> int:
+        rows = pa.Table.from_batches(batches, schema=schema).to_pylist()
+        write_parquet_atomic(join(dest, f"part-{part:06d}.parquet"), rows, schema)
+        return part + 1
+
+
+def iter_stats(batches: Iterator[dict[str, np.ndarray]], ledger: RoundLedger, staging: str):
+    """Commit each stats batch and yield only its rows seen for the first time."""
+    for stats in batches:
+        fresh = ledger.commit(staging, stats)
+        if fresh.any():
+            yield {k: v[fresh] for k, v in stats.items()}
