@@ -68,6 +68,8 @@ class Node:
     node_manager_port: int
     process: subprocess.Popen | None = None
     log_path: str = ""
+    lost: bool = False
+    """Killed on purpose by ``kill_node``: its exit is expected, not a start-up failure."""
 
     @property
     def alive(self) -> bool:
@@ -200,7 +202,7 @@ class LocalCluster:
             if alive is not None and alive >= n:
                 return
             for node in [self.head, *self.workers]:
-                if node is not None and node.process is not None and node.process.poll() is not None:
+                if node is not None and not node.lost and node.process is not None and node.process.poll() is not None:
                     raise RuntimeError(f"{node.name} exited: {_tail(node.log_path)}")
             if time.time() > deadline:
                 raise RuntimeError(f"only {alive} of {n} Ray nodes came up in {timeout:.0f} s")
@@ -257,6 +259,7 @@ class LocalCluster:
 
     def kill_node(self, node: Node) -> None:
         """Lose ``node`` at once: SIGKILL its raylet, agents and worker processes (no graceful drain)."""
+        node.lost = True
         _kill_group(node, signal.SIGKILL)
         logger.info("killed %s", node.name)
 

@@ -131,6 +131,8 @@ class Tally:
     pending: int = 0
     """SKUs the current round sends to the next."""
     fills: list[float] = field(default_factory=list)
+    round_reruns: int = 0
+    """Rounds rerun after their execution failed for a cluster reason."""
 
     def add(self, stats: dict[str, np.ndarray]) -> int:
         """Count a batch of stats rows; returns how many SKUs they finished."""
@@ -211,6 +213,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
                 except Exception as err:
                     if tries > cfg.round_retries or not is_system_failure(err):
                         raise
+                    tally.round_reruns += 1
                     rerun = join(state, f"r{rounds:02d}-rerun{tries}")
                     left = ledger.uncommitted(round_input, rerun, cfg.stage_rows_per_file)
                     logger.warning(
@@ -236,6 +239,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
             "rounds": rounds,
             "candidates_generated": tally.generated,
             "speculative_candidates": tally.speculative,
+            "round_reruns": tally.round_reruns,
             "images_per_second": tally.generated / wall if wall > 0 else 0.0,
             "mean_generation_batch_fill": float(np.mean(tally.fills)) if tally.fills else None,
             **tally.counts,
