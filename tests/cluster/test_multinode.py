@@ -156,9 +156,11 @@ def test_rfnet_training_two_workers_on_two_nodes_restarts_from_checkpoint_after_
 
     data, out = str(tmp_path / "data"), str(tmp_path / "train")
     generate_rf1m(data, 64, seed=0, size=32)
-    # 2 CPUs per worker: one worker per 2-CPU node, so the two workers sit on two different nodes.
-    cfg = TrainConfig(data=data, output=out, num_workers=2, cpus_per_worker=2, batch_size=4, epochs=3,
-                      max_steps_per_epoch=2, max_failures=2, strategy="ddp")  # fmt: skip
+    # 2 CPUs per worker: one worker per 2-CPU node, so the two workers sit on two different nodes. Enough
+    # epochs that training is still running when the node goes (with 3 short epochs a quiet machine
+    # finished before the kill landed, and nothing restarted).
+    cfg = TrainConfig(data=data, output=out, num_workers=2, cpus_per_worker=2, batch_size=4, epochs=8,
+                      max_steps_per_epoch=6, max_failures=2, strategy="ddp")  # fmt: skip
     cfg.model = cfg.model.replace(image_size=32)
     seen: dict = {}
 
