@@ -73,18 +73,7 @@ def generate_rows(pipe, controlnet, rows: list[dict], gen: GeneratorConfig, batc
     out = []
     for i in range(0, len(rows), batch_size):
         b = stack_rows(rows[i : i + batch_size])
-        prep = sampling.prepare(
-            pipe,
-            image=b["image"],
-            inpaint_mask=b["inpaint_mask"],
-            control=b["control"],
-            product_rgba=b["product_rgba"],
-            prompts=[str(p) for p in b["prompt"]],
-            negative_prompts=[str(p) for p in b["negative_prompt"]],
-            seeds=[int(s) for s in b["seed"]],
-            steps=gen.steps,
-            size=gen.size,
-        )
+        prep = sampling.prepare_batch(pipe, b, gen.steps, gen.size)
         images = sampling.sample(pipe, controlnet, prep, gen.guidance_scale, gen.conditioning_scale)
         out.append(paste_back(images.permute(0, 2, 3, 1).float().cpu().numpy(), b["product_rgba"]))
     return np.concatenate(out)

@@ -145,6 +145,29 @@ def prepare(
     )
 
 
+def prepare_batch(
+    pipe: StableDiffusionControlNetInpaintPipeline,
+    batch: dict[str, np.ndarray],
+    steps: int,
+    size: int,
+    seeds: list[int] | None = None,
+) -> Prepared:
+    """``prepare`` over a batch of condition columns (``engine.prepare.condition_row`` rows, stacked);
+    ``seeds`` default to the batch's ``seed`` column."""
+    return prepare(
+        pipe,
+        image=batch["image"],
+        inpaint_mask=batch["inpaint_mask"],
+        control=batch["control"],
+        product_rgba=batch["product_rgba"],
+        prompts=[str(p) for p in batch["prompt"]],
+        negative_prompts=[str(p) for p in batch["negative_prompt"]],
+        seeds=[int(s) for s in (batch["seed"] if seeds is None else seeds)],
+        steps=steps,
+        size=size,
+    )
+
+
 def predict_noise(
     pipe: StableDiffusionControlNetInpaintPipeline,
     controlnet: torch.nn.Module,

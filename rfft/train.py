@@ -125,18 +125,7 @@ def train_step(
         batch: condition columns (``engine.prepare.condition_row`` + ``caption``), B rows.
     """
     gen = cfg.generator
-    prep = sampling.prepare(
-        pipe,
-        image=batch["image"],
-        inpaint_mask=batch["inpaint_mask"],
-        control=batch["control"],
-        product_rgba=batch["product_rgba"],
-        prompts=[str(p) for p in batch["prompt"]],
-        negative_prompts=[str(p) for p in batch["negative_prompt"]],
-        seeds=seeds,
-        steps=gen.steps,
-        size=gen.size,
-    )
+    prep = sampling.prepare_batch(pipe, batch, gen.steps, gen.size, seeds=seeds)
     out = sampling.rollout(
         pipe,
         model,

@@ -31,18 +31,7 @@ def stage():
 
 
 def _prep(stage, batch):
-    return sampling.prepare(
-        stage.pipe,
-        image=batch["image"],
-        inpaint_mask=batch["inpaint_mask"],
-        control=batch["control"],
-        product_rgba=batch["product_rgba"],
-        prompts=[str(p) for p in batch["prompt"]],
-        negative_prompts=[str(p) for p in batch["negative_prompt"]],
-        seeds=[int(s) for s in batch["seed"]],
-        steps=STEPS,
-        size=SIZE,
-    )
+    return sampling.prepare_batch(stage.pipe, batch, STEPS, SIZE)
 
 
 def test_sample_matches_engine_pipeline(stage):
