@@ -458,25 +458,24 @@ class RFNetScorer:
             body["config_error"] = self.config_error  # the last live update failed; see the replica log
         return JSONResponse(body)
 
-    @api.post("/v1/score")
-    async def score(self, request: Request) -> dict:
+    async def _authorised_request(self, request: Request, model):
+        """Check the token, read the body within the size limit, and validate it as ``model``."""
         _check_token(request.headers.get("authorization"), self.token_digest)
         payload = await _read_json(request, self.limits.max_body_bytes)
         try:
-            req = ScoreRequest.model_validate(payload)
+            return model.model_validate(payload)
         except ValidationError as err:
             raise _validation_error(err) from None
+
+    @api.post("/v1/score")
+    async def score(self, request: Request) -> dict:
+        req = await self._authorised_request(request, ScoreRequest)
         item = await asyncio.to_thread(self.decoder.item, req)
         return _raise_if_error(await self._score_batch(item))
 
     @api.post("/v1/score:batch")
     async def score_batch(self, request: Request) -> dict:
-        _check_token(request.headers.get("authorization"), self.token_digest)
-        payload = await _read_json(request, self.limits.max_body_bytes)
-        try:
-            req = BatchRequest.model_validate(payload)
-        except ValidationError as err:
-            raise _validation_error(err) from None
+        req = await self._authorised_request(request, BatchRequest)
         if not req.items:
             raise ApiError(422, "empty_batch", "'items' is empty")
         if len(req.items) > self.limits.max_items:
