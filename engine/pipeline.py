@@ -265,12 +265,6 @@ def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, threads, part
     ds = ray.data.read_parquet(
         parts, filesystem=filesystem(cfg.output)[0], ray_remote_args={"num_cpus": plan.cpus_per_task}
     )
-    # One block per generator batch. A staged file is read as one block, and a map over one block is one
-    # task whose output is one block: without this the whole file would be conditioned, then generated,
-    # then scored, then written, one stage after the other, with nothing committed until the end.
-    # ``strict`` makes every batch the same consecutive rows whatever order tasks finish in: batched float
-    # math differs in the last bits with the batch's neighbours, so this keeps "same seed, same image".
-    ds = ds.repartition(target_num_rows_per_block=rows_per_gen, strict=True)
     # 2. conditions (CPU tasks)
     ds = ds.map_batches(
         _apply,
