@@ -171,6 +171,10 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     # Our own bar reports SKUs; ADLOOP_RAY_PROGRESS=1 brings back Ray Data's per-operator bars for debugging.
     context.enable_progress_bars = os.environ.get("ADLOOP_RAY_PROGRESS") == "1"
     context.print_on_execution_start = False
+    # Batched float math differs in the last bits with a row's batch neighbours, so "same seed, same image"
+    # needs every batch to hold the same rows in every run. Ray Data bundles blocks into batches in the
+    # order they arrive; in order, a round's short last block can only ever end the last batch.
+    context.execution_options.preserve_order = True
     logger.info("pools: %s", plan)
 
     # 1. read SKUs
@@ -265,6 +269,11 @@ def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, threads, part
     ds = ray.data.read_parquet(
         parts, filesystem=filesystem(cfg.output)[0], ray_remote_args={"num_cpus": plan.cpus_per_task}
     )
+    # One block per generator batch. A staged file is read as one block, and a map over one block is one
+    # task whose output is one block: without this the whole file would be conditioned, then generated,
+    # then scored, then written, one stage after the other, with nothing committed until the end.
+    # ``strict`` makes every block the same consecutive rows (with preserve_order, see run_refresh).
+    ds = ds.repartition(target_num_rows_per_block=rows_per_gen, strict=True)
     # 2. conditions (CPU tasks)
     ds = ds.map_batches(
         _apply,
