@@ -232,6 +232,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
         bar.set_postfix(round=rounds, **tally.counts, pending=pending)
     bar.close()
     _remove(state)
+    _remove_if_empty(join(cfg.output, "_state"))  # another run's state (a killed one's) stays
     wall = time.time() - start
     run = {
         "run_id": run_id,
@@ -356,6 +357,12 @@ def _scorer_on_device(sc: ScorerConfig, gpus: float) -> ScorerConfig:
 def _remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _remove_if_empty(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.isdir(path) and not fs.ls(path):
         fs.rm(path, recursive=True)
 
 

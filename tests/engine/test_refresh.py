@@ -119,6 +119,7 @@ def test_every_sku_has_exactly_one_final_row_and_bad_input_fails_with_its_reason
     dup_log = [json.loads(line) for f in (out / "duplicates").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert [d["sku_id"] for d in dup_log] == ["mug-002"]
     assert by_id["mug-002"]["status"] == "accepted"  # the first occurrence was processed, not the bad duplicate
+    assert not (out / "_state").exists()  # a finished run leaves no staging behind
 
 
 def test_threshold_everyone_passes_gives_one_attempt_and_pixel_exact_products(accepted_run):
