@@ -75,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             generate_rf1m(data, args.n, seed=args.seed, size=64)
             logging.info("generated %d images in %.0f s", args.n, time.perf_counter() - t)
 
+    # Runs of earlier invocations with the same --out stay in quality.json, so ``--only`` can add the
+    # ablations to a full run made before (each entry records its epochs; compare like with like).
+    path = os.path.join(args.out, "quality.json")
     results = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
     for name in args.only.split(","):
         cfg = TrainConfig(
             data=data, output=os.path.join(args.out, name.replace("/", "").replace(" ", "_")), name="rfnet",
@@ -87,22 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t
         test = metrics["test"]
         results[name] = {
-            "modalities": list(RUNS[name]), "wall_s": wall, "ap": test["ap"], "f1": test["f1"],
+            "modalities": list(RUNS[name]), "epochs": args.epochs, "wall_s": wall, "ap": test["ap"], "f1": test["f1"],
             "precision": test["precision"], "recall": test["recall"], "accuracy": test["accuracy"],
             "macro_f1": test["macro_f1"], "per_class_f1": test["per_class_f1"], "n_test": test["n"],
             "train_samples_per_s": metrics["train_samples_per_s"],
         }  # fmt: skip
         logging.info("%s: AP %.4f F1 %.4f in %.0f s", name, test["ap"], test["f1"], wall)
-        with open(os.path.join(args.out, "quality.json"), "w") as f:
+        with open(path, "w") as f:
             json.dump(results, f, indent=2)
 
     full = results.get("full")
-    print(f"\n{'run':<16} {'paper AP':>9} {'paper drop':>11} {'our AP':>8} {'our drop':>9} {'F1':>6} {'wall s':>7}")
+    print(
+        f"\n{'run':<16} {'paper AP':>9} {'paper drop':>11} {'our AP':>8} {'our drop':>9} {'F1':>6} {'wall s':>7} epochs"
+    )
     for name, r in results.items():
         paper_drop = PAPER_AP[name] - PAPER_AP["full"]
         drop = 100 * (r["ap"] - full["ap"]) if full else float("nan")
         print(f"{name:<16} {PAPER_AP[name]:>9.2f} {paper_drop:>+11.2f} {100 * r['ap']:>8.2f} {drop:>+9.2f} "
-              f"{100 * r['f1']:>6.2f} {r['wall_s']:>7.0f}")  # fmt: skip
+              f"{100 * r['f1']:>6.2f} {r['wall_s']:>7.0f} {r.get('epochs', '?')}")  # fmt: skip
     if full:
         print("\nper-class F1 (full):", {k: round(v, 3) for k, v in full["per_class_f1"].items()})
         ok = full["ap"] >= 0.90 and full["wall_s"] <= 900
