@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--target-precision", type=float, default=0.8, help="precision on Available for 'calibrate'")
     args = p.parse_args(argv)
+    # The product manifests name their images by path, and a relative path in a manifest is read relative
+    # to the manifest's folder: write absolute ones.
+    args.out = os.path.abspath(args.out)
 
     from jobs import train_rfft
 
