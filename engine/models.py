@@ -14,6 +14,7 @@ and every path is checked up front so a wrong one fails with an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -171,14 +172,54 @@ def _require_file(path: str, suffixes: tuple[str, ...], what: str) -> Path:
     return p
 
 
-def _load_controlnet(path: str) -> ControlNetModel:
+def _check_controlnet(path: str) -> Path:
     folder = _require_dir_with(path, "config.json", "ControlNet folder")
     config = json.loads((folder / "config.json").read_text())
     if config.get("_class_name") != "ControlNetModel":
         raise ModelPathError(
             f"{folder} is not a ControlNet folder: config.json has _class_name {config.get('_class_name')!r}"
         )
-    return ControlNetModel.from_pretrained(folder, local_files_only=True)
+    return folder
+
+
+def _check_base(path: str) -> Path:
+    """A diffusers folder, or a single-file ``.safetensors`` checkpoint."""
+    p = Path(path).expanduser()
+    if p.is_dir() or not p.suffix:
+        return _require_dir_with(path, "model_index.json", "diffusers base-model folder")
+    return _require_file(path, (".safetensors",), "single-file SD 1.5 checkpoint")
+
+
+def checked_paths(cfg: GeneratorConfig) -> GeneratorConfig:
+    """``cfg`` with every local path checked (without loading any weights) and made absolute.
+
+    Jobs call this where they start: a wrong path then fails at once, named, instead of in every actor
+    that tries to load it; and an absolute path names the same files in workers whose working directory
+    is not the job's (Ray Train's is not).
+
+    Raises:
+        ModelPathError: as ``build_pipeline`` would.
+    """
+    changes: dict[str, str] = {}
+    if cfg.controlnet:
+        changes["controlnet"] = str(_check_controlnet(cfg.controlnet).resolve())
+    if cfg.base_model not in PRESETS:
+        if not cfg.controlnet:
+            raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
+        changes["base_model"] = str(_check_base(cfg.base_model).resolve())
+    if cfg.base_config:
+        changes["base_config"] = str(_require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR).resolve())
+    if cfg.lora:
+        changes["lora"] = str(_require_file(cfg.lora, (".safetensors",), "LoRA file").resolve())
+    return dataclasses.replace(cfg, **changes)
+
+
+_NEEDS_CONTROLNET = "base model {} needs a ControlNet folder (--controlnet); only presets carry their own"
+_CONFIG_DIR = "diffusers SD 1.5 config folder"
+
+
+def _load_controlnet(path: str) -> ControlNetModel:
+    return ControlNetModel.from_pretrained(_check_controlnet(path), local_files_only=True)
 
 
 def _write_sd15_config_folder(root: Path) -> Path:
@@ -249,9 +290,7 @@ def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipe
         pipe = StableDiffusionControlNetInpaintPipeline(**components, scheduler=make_scheduler("ddim"), **common)
     else:
         if controlnet is None:
-            raise ModelPathError(
-                f"base model {cfg.base_model} needs a ControlNet folder (--controlnet); only presets carry their own"
-            )
+            raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
         pipe = _load_base(cfg, controlnet, common)
     pipe.scheduler = make_scheduler(cfg.scheduler, dict(pipe.scheduler.config))
     if cfg.lora:
@@ -267,15 +306,14 @@ def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipe
 
 
 def _load_base(cfg: GeneratorConfig, controlnet: ControlNetModel, common: dict):
-    path = Path(cfg.base_model).expanduser()
-    if path.is_dir() or not path.suffix:
-        folder = _require_dir_with(cfg.base_model, "model_index.json", "diffusers base-model folder")
+    base = _check_base(cfg.base_model)
+    if base.is_dir():
         return StableDiffusionControlNetInpaintPipeline.from_pretrained(
-            folder, controlnet=controlnet, local_files_only=True, **common
+            base, controlnet=controlnet, local_files_only=True, **common
         )
-    checkpoint = _require_file(cfg.base_model, (".safetensors",), "single-file SD 1.5 checkpoint")
+    checkpoint = base
     if cfg.base_config:
-        config_dir = _require_dir_with(cfg.base_config, "model_index.json", "diffusers SD 1.5 config folder")
+        config_dir = _require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR)
         return _from_single_file(checkpoint, config_dir, controlnet, common)
     logger.warning(
         "no --base-config given: %s gets the project's offline tokenizer, not CLIP's vocabulary", checkpoint

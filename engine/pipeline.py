@@ -42,7 +42,7 @@ from cluster.resources import ResourceConfig, plan_pools
 from cluster.storage import filesystem, join
 from engine.commit import RoundLedger, iter_stats
 from engine.config import ConditioningConfig, GeneratorConfig
-from engine.models import describe
+from engine.models import checked_paths, describe
 from engine.outputs import complete_parts, iter_column_batches, summarise, write_parquet_atomic, write_summary
 from engine.prepare import PromptPolicy
 from engine.prompts import load_prompt_config
@@ -160,8 +160,15 @@ def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
 
 
 def run_refresh(cfg: RefreshConfig) -> dict:
-    """Run the refresh on the current Ray cluster (call ``cluster.runtime.init_ray`` first)."""
+    """Run the refresh on the current Ray cluster (call ``cluster.runtime.init_ray`` first).
+
+    Raises:
+        ModelPathError: a model path is wrong (checked before any work starts).
+    """
     start = time.time()
+    # A wrong model path would otherwise surface as every pool actor dying at start-up, which looks like
+    # a cluster failure and would be retried.
+    cfg = dataclasses.replace(cfg, generator=checked_paths(cfg.generator), scorer=cfg.scorer.checked())
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     plan = plan_pools(cfg.resources, ray.cluster_resources(), nodes)
     templates = load_prompt_config(cfg.prompts)

@@ -11,8 +11,9 @@ behaviour (attempts per accepted SKU ~ 1/P) can be checked against theory.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,6 +43,40 @@ class ScorerConfig:
             rate = float(self.rfnet[len(FIXED_RATE_PREFIX) :])
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{self.rfnet}: the rate must be in [0, 1]")
+
+    def checked(self) -> ScorerConfig:
+        """This config with its model paths checked and made absolute (``checked_scorer_paths``)."""
+        rfnet, depth, saliency = checked_scorer_paths(self.rfnet, self.depth, self.saliency)
+        return replace(self, rfnet=rfnet, depth=depth, saliency=saliency)
+
+
+RFNET_PRESETS = ("tiny", "paper")
+
+
+def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, str, str]:
+    """The RFNet checkpoint, depth model and saliency model: presets as they are, local folders checked
+    (without loading weights) and made absolute, for the reasons of ``engine.models.checked_paths``.
+
+    Raises:
+        ModelPathError: a name that is neither a preset nor a folder holding that model.
+    """
+    from engine.models import ModelPathError
+    from rfnet.checkpoint import read_meta
+
+    if rfnet not in RFNET_PRESETS and not rfnet.startswith(FIXED_RATE_PREFIX):
+        try:
+            read_meta(rfnet)
+        except FileNotFoundError as err:
+            raise ModelPathError(str(err)) from None
+        rfnet = os.path.abspath(rfnet)
+    checked = []
+    for what, value in (("depth model", depth), ("saliency model", saliency)):
+        if value not in RFNET_PRESETS:
+            if not os.path.isdir(value):
+                raise ModelPathError(f"{what} folder not found: {value} (expected 'tiny', 'paper' or a folder)")
+            value = os.path.abspath(value)
+        checked.append(value)
+    return rfnet, checked[0], checked[1]
 
 
 class FixedRateScorer:

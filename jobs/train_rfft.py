@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> RFFTConfig:
+    from engine.models import checked_paths
+    from engine.score import checked_scorer_paths
+
     fields: dict = {
         "generator": GeneratorConfig(
             base_model=args.base_model,
@@ -102,6 +105,11 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:
             fields[key] = value
+    # Checked here, and absolute: Ray Train's workers do not run in this directory.
+    fields["generator"] = checked_paths(fields["generator"])
+    fields["rfnet_checkpoint"], fields["depth"], fields["saliency"] = checked_scorer_paths(
+        args.rfnet, args.depth, args.saliency
+    )
     if "grad_window" not in fields:
         fields["grad_window"] = min(10, args.gen_steps)
     return RFFTConfig.from_dict(fields)
@@ -116,7 +124,12 @@ def _judge(checkpoint: str, threshold: float | None, depth: str, saliency: str, 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    cfg = build_config(args)
+    from engine.models import ModelPathError
+
+    try:
+        cfg = build_config(args)
+    except ModelPathError as err:
+        raise SystemExit(f"adloop train-rfft: error: {err}") from None
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:

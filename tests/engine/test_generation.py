@@ -11,7 +11,7 @@ import torch
 from engine.conditioning import build_condition, decode_product, layout
 from engine.config import ConditioningConfig, GeneratorConfig, normalise_scheduler
 from engine.generate import GenerateStage
-from engine.models import ModelPathError, build_pipeline, model_id
+from engine.models import ModelPathError, build_pipeline, checked_paths, model_id
 from engine.prepare import stack_rows
 from engine.samples import SAMPLES_DIR
 
@@ -168,8 +168,20 @@ def test_bad_model_paths_fail_fast_naming_the_path(tmp_path):
         ({"base_model": "tiny", "lora": str(tmp_path / "x.ckpt")}, "x.ckpt"),
     ]
     for kwargs, named in cases:
+        cfg = GeneratorConfig(size=SIZE, steps=2, **kwargs)
         with pytest.raises(ModelPathError, match=named.replace(".", r"\.")):
-            build_pipeline(GeneratorConfig(size=SIZE, steps=2, **kwargs))
+            build_pipeline(cfg)
+        # the up-front check the jobs run before starting any work finds the same fault
+        with pytest.raises(ModelPathError, match=named.replace(".", r"\.")):
+            checked_paths(cfg)
+
+
+def test_checked_paths_makes_local_paths_absolute_and_leaves_presets(tmp_path, monkeypatch):
+    build_pipeline(GEN).controlnet.save_pretrained(tmp_path / "cn")
+    monkeypatch.chdir(tmp_path)
+    cfg = checked_paths(GeneratorConfig(base_model="tiny", controlnet="cn"))
+    assert cfg.controlnet == str(tmp_path / "cn") and cfg.base_model == "tiny"
+    assert checked_paths(GEN) == GEN
 
 
 def test_base_model_folder_without_model_index_is_named(tmp_path):

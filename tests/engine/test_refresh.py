@@ -179,6 +179,18 @@ def test_threshold_outside_0_1_is_refused_before_anything_starts(tmp_path, capsy
     assert "threshold must be in [0, 1]" in capsys.readouterr().err
 
 
+def test_a_wrong_model_path_is_refused_before_any_work_starts(tmp_path, capsys, ray_local_module):
+    """Found in the driver, named, exit 2: not as pool actors dying at start-up (which would be retried)."""
+    manifest, _ = _manifest(tmp_path)
+    for flag, named in (("--controlnet", "ControlNet folder not found"), ("--rfnet", "RFNet checkpoint")):
+        start = time.time()
+        argv = ["--input", str(manifest), "--output", str(tmp_path / "o"), flag, str(tmp_path / "nowhere"), *FAST]
+        assert refresh.main(argv) == 2 and time.time() - start < 30
+        err = capsys.readouterr().err
+        assert named in err and str(tmp_path / "nowhere") in err
+    assert not (tmp_path / "o" / "results").exists()
+
+
 def test_empty_input_is_a_clear_error(tmp_path, capsys, ray_local_module):
     (tmp_path / "empty.jsonl").write_text("")
     assert refresh.main(["--input", str(tmp_path / "empty.jsonl"), "--output", str(tmp_path / "o"), *FAST]) == 2

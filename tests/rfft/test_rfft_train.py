@@ -147,3 +147,21 @@ def test_train_rfft_job_writes_a_controlnet_the_engine_loads_and_resumes(tmp_pat
     start = build_pipeline(GeneratorConfig(base_model="tiny", size=SIZE)).controlnet.state_dict()
     unchanged = [k for k, v in tuned.controlnet.state_dict().items() if torch.equal(v, start[k])]
     assert not unchanged, unchanged[:5]
+
+
+def test_train_rfft_checks_model_paths_and_passes_them_on_absolute(tmp_path, monkeypatch):
+    """Ray Train's workers do not run in the job's directory, so a relative path must reach them absolute;
+    a wrong path fails before Ray starts, named."""
+    from jobs import train_rfft
+    from rfnet.checkpoint import build, save
+    from rfnet.config import preset
+
+    save(build(preset("tiny"))[0], str(tmp_path / "judge"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--train-products", "products", "--output", "out"]
+    cfg = train_rfft.build_config(train_rfft.parse_args([*argv, "--rfnet", "judge"]))
+    assert cfg.rfnet_checkpoint == str(tmp_path / "judge") and cfg.depth == "tiny"
+    with pytest.raises(SystemExit, match="RFNet checkpoint 'nowhere'"):
+        train_rfft.main([*argv, "--rfnet", "nowhere"])
+    with pytest.raises(SystemExit, match="ControlNet folder not found: nowhere"):
+        train_rfft.main([*argv, "--controlnet", "nowhere"])
