@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from rfnet.config import MODALITIES, preset
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _absolute_if_local(path: str) -> str:
+    """Ray Train's workers do not run in this directory: a local path reaches them absolute. Preset names
+    (tiny, paper) and URIs pass unchanged."""
+    return os.path.abspath(path) if os.path.exists(path) and path not in ("tiny", "paper") else path
+
+
 def config_from_args(args: argparse.Namespace):
     from rfnet.train import TrainConfig
 
@@ -61,16 +68,17 @@ def config_from_args(args: argparse.Namespace):
     if args.image_size:
         changes["image_size"] = args.image_size
     if args.image_encoder:
-        changes["image_encoder_path"] = args.image_encoder
+        changes["image_encoder_path"] = _absolute_if_local(args.image_encoder)
     if args.text_encoder:
-        changes["text_encoder_path"] = args.text_encoder
+        changes["text_encoder_path"] = _absolute_if_local(args.text_encoder)
     if args.tokenizer:
-        changes["tokenizer"] = args.tokenizer
+        changes["tokenizer"] = _absolute_if_local(args.tokenizer)
     return TrainConfig(
-        data=args.data, output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
+        data=_absolute_if_local(args.data), output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.gpu, dtype=args.dtype, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, maps=args.maps, depth=args.depth, saliency=args.saliency,
+        weight_decay=args.weight_decay, maps=args.maps, depth=_absolute_if_local(args.depth),
+        saliency=_absolute_if_local(args.saliency),
         max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures, seed=args.seed,
     )  # fmt: skip
 

@@ -114,3 +114,16 @@ def test_train_config_validation(tmp_path):
     cfg = TrainConfig(data="d", output="o", epochs=10)
     assert cfg.lr_drop_epoch == 5  # the paper: /10 at epoch 5 of 10
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train's workers run elsewhere: relative data and model folders are made absolute, presets kept."""
+    from jobs.train_rfnet import _parser, config_from_args
+
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "resnet").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["--data", "synth", "--out", "o", "--image-encoder", "resnet", "--depth", "tiny"])
+    cfg = config_from_args(args)
+    assert cfg.data == str(tmp_path / "synth") and cfg.model.image_encoder_path == str(tmp_path / "resnet")
+    assert cfg.depth == "tiny" and cfg.saliency == "tiny"
