@@ -20,6 +20,7 @@ import numpy as np
 from engine.refresh_stages import encode_lists
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
+from rfnet.config import PRESET_NAMES
 
 FIXED_RATE_PREFIX = "fixed-rate:"
 
@@ -50,9 +51,6 @@ class ScorerConfig:
         return replace(self, rfnet=rfnet, depth=depth, saliency=saliency)
 
 
-RFNET_PRESETS = ("tiny", "paper")
-
-
 def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, str, str]:
     """The RFNet checkpoint, depth model and saliency model: presets as they are, local folders checked
     (without loading weights) and made absolute, for the reasons of ``engine.models.checked_paths``.
@@ -63,7 +61,7 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
     from engine.models import ModelPathError
     from rfnet.checkpoint import read_meta
 
-    if rfnet not in RFNET_PRESETS and not rfnet.startswith(FIXED_RATE_PREFIX):
+    if rfnet not in PRESET_NAMES and not rfnet.startswith(FIXED_RATE_PREFIX):
         try:
             read_meta(rfnet)
         except FileNotFoundError as err:
@@ -71,7 +69,7 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
         rfnet = os.path.abspath(rfnet)
     checked = []
     for what, value in (("depth model", depth), ("saliency model", saliency)):
-        if value not in RFNET_PRESETS:
+        if value not in PRESET_NAMES:
             if not os.path.isdir(value):
                 raise ModelPathError(f"{what} folder not found: {value} (expected 'tiny', 'paper' or a folder)")
             value = os.path.abspath(value)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-from rfnet.config import MODALITIES, preset
+from rfnet.config import MODALITIES, PRESET_NAMES, preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="RF1M folder or .parquet/.jsonl manifest")
     p.add_argument("--out", required=True, help="output folder (checkpoints, rfnet/, metrics.json)")
     p.add_argument("--name", default="rfnet", help="run name; same --out and --name resumes")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="RFNet architecture preset")
+    p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
     p.add_argument("--image-size", type=int, help="override the preset's image size")
     p.add_argument("--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
     p.add_argument("--image-encoder", help="local transformers ResNet folder to start from")
@@ -54,12 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _absolute_if_local(path: str) -> str:
-    """Ray Train's workers do not run in this directory: a local path reaches them absolute. Preset names
-    (tiny, paper) and URIs pass unchanged."""
-    return os.path.abspath(path) if os.path.exists(path) and path not in ("tiny", "paper") else path
-
-
 def config_from_args(args: argparse.Namespace):
     from rfnet.train import TrainConfig
 
@@ -68,17 +61,16 @@ def config_from_args(args: argparse.Namespace):
     if args.image_size:
         changes["image_size"] = args.image_size
     if args.image_encoder:
-        changes["image_encoder_path"] = _absolute_if_local(args.image_encoder)
+        changes["image_encoder_path"] = args.image_encoder
     if args.text_encoder:
-        changes["text_encoder_path"] = _absolute_if_local(args.text_encoder)
+        changes["text_encoder_path"] = args.text_encoder
     if args.tokenizer:
-        changes["tokenizer"] = _absolute_if_local(args.tokenizer)
+        changes["tokenizer"] = args.tokenizer
     return TrainConfig(
-        data=_absolute_if_local(args.data), output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
+        data=args.data, output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.gpu, dtype=args.dtype, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, maps=args.maps, depth=_absolute_if_local(args.depth),
-        saliency=_absolute_if_local(args.saliency),
+        weight_decay=args.weight_decay, maps=args.maps, depth=args.depth, saliency=args.saliency,
         max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures, seed=args.seed,
     )  # fmt: skip
 

@@ -19,7 +19,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from rfnet.config import LABELS, RFNetConfig, preset
+from rfnet.config import LABELS, PRESET_NAMES, RFNetConfig, preset
 from rfnet.model import RFNet
 from rfnet.preprocess import Preprocess
 from rfnet.text import load_tokenizer
@@ -104,7 +104,7 @@ def load(path_or_preset: str, device: str | torch.device = "cpu") -> tuple[RFNet
     Raises:
         FileNotFoundError: not a preset and not a checkpoint folder.
     """
-    if path_or_preset in ("tiny", "paper"):
+    if path_or_preset in PRESET_NAMES:
         model, prep = build(preset(path_or_preset))
         return model.to(device).eval(), prep
     meta = read_meta(path_or_preset)
@@ -118,14 +118,14 @@ def load(path_or_preset: str, device: str | torch.device = "cpu") -> tuple[RFNet
 
 def threshold_of(path_or_preset: str) -> float:
     """The decision threshold stored in a checkpoint (0.5 for presets)."""
-    if path_or_preset in ("tiny", "paper"):
+    if path_or_preset in PRESET_NAMES:
         return 0.5
     return float(read_meta(path_or_preset)["threshold"])
 
 
 def model_id(path_or_preset: str) -> str:
     """A short identifier: the preset name, or ``<folder name>-<first 10 hex of the weights' sha256>``."""
-    if path_or_preset in ("tiny", "paper"):
+    if path_or_preset in PRESET_NAMES:
         return path_or_preset
     h = hashlib.sha256()
     with open(os.path.join(path_or_preset, WEIGHTS_NAME), "rb") as f:

@@ -125,6 +125,11 @@ class RFNetConfig:
         return dataclasses.replace(self, **changes)
 
 
+PRESET_NAMES = ("tiny", "paper")
+"""The random-weight presets: of RFNet (``preset``), of its depth and saliency models, and (``tiny``) of
+its tokenizer. Loaders that take "a preset or a folder" check against these."""
+
+
 def preset(name: str) -> RFNetConfig:
     """Return the config of a named preset.
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rfnet.config import PRESET_NAMES
 from rfnet.preprocess import IMAGE_MEAN, IMAGE_STD, resize
 
 
@@ -165,7 +166,7 @@ def load_saliency(name: str = "tiny", device: torch.device | str = "cpu", dtype:
     Raises:
         FileNotFoundError: ``name`` is not a preset and not a folder with ``config.json`` + ``model.safetensors``.
     """
-    if name in ("tiny", "paper"):
+    if name in PRESET_NAMES:
         with torch.random.fork_rng(devices=[]):  # the same random model in every process, global RNG untouched
             torch.manual_seed(0)
             model = U2Net(SaliencyConfig() if name == "tiny" else PAPER)

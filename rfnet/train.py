@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rfnet.config import RFNetConfig, preset
+from rfnet.config import PRESET_NAMES, RFNetConfig, preset
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,24 @@ def _datasets(splits: dict[str, list], cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
+def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its local data and model paths made absolute: Ray Train's workers do not run in the
+    caller's directory. Preset names and URIs pass unchanged."""
+
+    def absolute(path: str | None) -> str | None:
+        return os.path.abspath(path) if path and path not in PRESET_NAMES and os.path.exists(path) else path
+
+    m = cfg.model
+    model = m.replace(
+        image_encoder_path=absolute(m.image_encoder_path),
+        text_encoder_path=absolute(m.text_encoder_path),
+        tokenizer=absolute(m.tokenizer),
+    )
+    return dataclasses.replace(
+        cfg, data=absolute(cfg.data), depth=absolute(cfg.depth), saliency=absolute(cfg.saliency), model=model
+    )
+
+
 def _quiet_ray_data() -> None:
     import ray.data
 
@@ -195,6 +213,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     from cluster.runtime import init_ray
     from rfnet.data import check_readable, read_dataset, split_by_product
 
+    cfg = absolute_local_paths(cfg)
     output = os.path.abspath(cfg.output)
     os.makedirs(output, exist_ok=True)
     examples = read_dataset(cfg.data)

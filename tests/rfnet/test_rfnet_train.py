@@ -117,13 +117,14 @@ def test_train_config_validation(tmp_path):
 
 
 def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
-    """Ray Train's workers run elsewhere: relative data and model folders are made absolute, presets kept."""
+    """Ray Train's workers run elsewhere: ``fit`` makes relative data and model folders absolute, keeps presets."""
     from jobs.train_rfnet import _parser, config_from_args
+    from rfnet.train import absolute_local_paths
 
     (tmp_path / "synth").mkdir()
     (tmp_path / "resnet").mkdir()
     monkeypatch.chdir(tmp_path)
     args = _parser().parse_args(["--data", "synth", "--out", "o", "--image-encoder", "resnet", "--depth", "tiny"])
-    cfg = config_from_args(args)
+    cfg = absolute_local_paths(config_from_args(args))
     assert cfg.data == str(tmp_path / "synth") and cfg.model.image_encoder_path == str(tmp_path / "resnet")
     assert cfg.depth == "tiny" and cfg.saliency == "tiny"
