@@ -40,6 +40,7 @@ File names are ``p<product id>_<k>``: the product id is what the train/val/test 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -185,6 +186,33 @@ def make_product(pid: int, seed: int, res: int) -> Product:
     )  # fmt: skip
 
 
+def place(product: Product, image_scale: float) -> Product:
+    """``product`` laid out the way the engine lays out a cutout: the bounding box of its mask scaled so
+    the longer side is ``image_scale`` of the canvas, centred. The surface texture moves with it.
+
+    The generator's training scenes use this, so it learns scenes around products placed as they will be
+    at generation time (``rfnet`` cannot import the engine's layout; this is the same geometry in floats).
+    """
+    res = product.rgba.shape[0]
+    alpha = product.rgba[..., 3]
+    ys, xs = np.nonzero(alpha > 0.5)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    scale = image_scale * res / max(y1 - y0, x1 - x0)
+    # Maps the bounding box's centre to the canvas centre.
+    matrix = np.float32([[scale, 0, res / 2 - scale * (x0 + x1) / 2], [0, scale, res / 2 - scale * (y0 + y1) / 2]])
+    rgba = cv2.warpAffine(product.rgba, matrix, (res, res), flags=cv2.INTER_LINEAR, borderValue=0)
+    texture = cv2.warpAffine(
+        product.texture, matrix, (res, res), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
+    mask = rgba[..., 3] > 0.5
+    rows = np.nonzero(mask.any(axis=1))[0]
+    base = np.nonzero(mask[rows[-1]])[0]
+    return dataclasses.replace(
+        product, rgba=rgba.astype(np.float32), texture=texture.astype(np.float32), bottom=int(rows[-1]),
+        height=int(rows[-1] - rows[0] + 1), x_range=(int(base[0]), int(base[-1])),
+    )  # fmt: skip
+
+
 def _far_colour(colour: np.ndarray, rng, min_dist: float = 150.0) -> np.ndarray:
     for _ in range(100):
         c = rng.uniform(20, 240, 3).astype(np.float32)
@@ -201,7 +229,9 @@ def render(product: Product, label: str, rng: np.random.Generator) -> dict[str, 
     """Compose ``product`` into a scene carrying ``label``; returns float images at render resolution.
 
     Returns:
-        ``generated`` (R, R, 3) and ``depth``, ``saliency`` (R, R), all float in [0, 1].
+        ``generated`` (R, R, 3) and ``depth``, ``saliency`` (R, R), all float in [0, 1]; and ``scene``, what
+        a caption of the scene would say: ``wall`` and ``floor`` colours ((3,) float in [0, 255]) and
+        ``scale``, the size class the scene's tiles and window belong to.
     """
     res = product.rgba.shape[0]
     yy, xx = _grid(res)
@@ -318,6 +348,7 @@ def render(product: Product, label: str, rng: np.random.Generator) -> dict[str, 
         "generated": np.clip(generated, 0, 1).astype(np.float32),
         "depth": np.clip(depth, 0, 1).astype(np.float32),
         "saliency": np.clip(saliency, 0, 1).astype(np.float32),
+        "scene": {"wall": wall_c, "floor": floor_c, "scale": scene_class},
     }
 
 
