@@ -40,6 +40,11 @@ from engine.tokenizer import build_tokenizer
 logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "sd15")
+"""Random-weight presets, built from configs in code."""
+TOY_GENERATOR = Path(__file__).parent / "assets" / "toy" / "generator"
+"""The ``toy`` preset: the shipped pipeline folder ``adloop train-generator`` trained on the synthetic world."""
+FOLDER_PRESETS = {"toy": TOY_GENERATOR}
+"""Presets that are shipped folders; they load exactly like a user's diffusers folder."""
 
 # SD 1.5's noise schedule; every scheduler below starts from it.
 _SD15_SCHEDULE = {
@@ -183,11 +188,41 @@ def _check_controlnet(path: str) -> Path:
 
 
 def _check_base(path: str) -> Path:
-    """A diffusers folder, or a single-file ``.safetensors`` checkpoint."""
+    """A complete diffusers folder, or a single-file ``.safetensors`` checkpoint."""
     p = Path(path).expanduser()
     if p.is_dir() or not p.suffix:
-        return _require_dir_with(path, "model_index.json", "diffusers base-model folder")
+        folder = _require_dir_with(path, "model_index.json", "diffusers base-model folder")
+        _check_components(folder)
+        return folder
     return _require_file(path, (".safetensors",), "single-file SD 1.5 checkpoint")
+
+
+def _check_components(folder: Path) -> None:
+    """Every component ``model_index.json`` lists must have its folder with a config inside."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelPathError(f"{folder}/model_index.json is not valid JSON ({err})") from None
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir() or not any(sub.glob("*.json")):
+            raise ModelPathError(
+                f"{folder} is not a complete diffusers pipeline: component {name!r} ({entry[-1]}) is listed in "
+                f"model_index.json but {sub} has no config"
+            )
+
+
+def _own_controlnet(base: str) -> bool:
+    """Whether a base-model folder carries its own ControlNet (a saved ControlNet pipeline, like ``toy``)."""
+    index = Path(base).expanduser() / "model_index.json"
+    return index.is_file() and isinstance(json.loads(index.read_text()).get("controlnet"), list)
+
+
+def resolve_base(name: str) -> str:
+    """A folder preset's path, or ``name`` unchanged."""
+    return str(FOLDER_PRESETS[name]) if name in FOLDER_PRESETS else name
 
 
 def checked_paths(cfg: GeneratorConfig) -> GeneratorConfig:
@@ -204,9 +239,11 @@ def checked_paths(cfg: GeneratorConfig) -> GeneratorConfig:
     if cfg.controlnet:
         changes["controlnet"] = str(_check_controlnet(cfg.controlnet).resolve())
     if cfg.base_model not in PRESETS:
-        if not cfg.controlnet:
+        base = _check_base(resolve_base(cfg.base_model))
+        if not cfg.controlnet and not _own_controlnet(str(base)):
             raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
-        changes["base_model"] = str(_check_base(cfg.base_model).resolve())
+        if cfg.base_model not in FOLDER_PRESETS:  # a preset keeps its name (the model id in manifests)
+            changes["base_model"] = str(base.resolve())
     if cfg.base_config:
         changes["base_config"] = str(_require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR).resolve())
     if cfg.lora:
@@ -214,7 +251,10 @@ def checked_paths(cfg: GeneratorConfig) -> GeneratorConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-_NEEDS_CONTROLNET = "base model {} needs a ControlNet folder (--controlnet); only presets carry their own"
+_NEEDS_CONTROLNET = (
+    "base model {} needs a ControlNet folder (--controlnet): it has no controlnet/ of its own, as presets and "
+    "saved ControlNet pipelines do"
+)
 _CONFIG_DIR = "diffusers SD 1.5 config folder"
 
 
@@ -289,8 +329,6 @@ def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipe
             components["controlnet"] = controlnet
         pipe = StableDiffusionControlNetInpaintPipeline(**components, scheduler=make_scheduler("ddim"), **common)
     else:
-        if controlnet is None:
-            raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
         pipe = _load_base(cfg, controlnet, common)
     pipe.scheduler = make_scheduler(cfg.scheduler, dict(pipe.scheduler.config))
     if cfg.lora:
@@ -305,12 +343,13 @@ def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipe
     return pipe
 
 
-def _load_base(cfg: GeneratorConfig, controlnet: ControlNetModel, common: dict):
-    base = _check_base(cfg.base_model)
+def _load_base(cfg: GeneratorConfig, controlnet: ControlNetModel | None, common: dict):
+    base = _check_base(resolve_base(cfg.base_model))
+    if controlnet is None and not _own_controlnet(str(base)):
+        raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
     if base.is_dir():
-        return StableDiffusionControlNetInpaintPipeline.from_pretrained(
-            base, controlnet=controlnet, local_files_only=True, **common
-        )
+        own = {} if controlnet is None else {"controlnet": controlnet}
+        return StableDiffusionControlNetInpaintPipeline.from_pretrained(base, local_files_only=True, **own, **common)
     checkpoint = base
     if cfg.base_config:
         config_dir = _require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR)
@@ -336,7 +375,7 @@ def model_id(path_or_preset: str | None) -> str:
     name plus a hash of its config files and weight-file sizes (cheap, and changes when they do)."""
     if path_or_preset is None:
         return "preset"
-    if path_or_preset in PRESETS:
+    if path_or_preset in PRESETS or path_or_preset in FOLDER_PRESETS:
         return path_or_preset
     p = Path(path_or_preset).expanduser()
     digest = hashlib.sha1(str(p.resolve()).encode())
@@ -358,6 +397,6 @@ def describe(cfg: GeneratorConfig) -> dict[str, str]:
     """Model identifiers recorded next to every generated image."""
     return {
         "base_model": model_id(cfg.base_model),
-        "controlnet": model_id(cfg.controlnet) if cfg.controlnet else f"{cfg.base_model}-controlnet",
+        "controlnet": model_id(cfg.controlnet) if cfg.controlnet else f"{model_id(cfg.base_model)}-controlnet",
         "lora": f"{model_id(cfg.lora)}x{cfg.lora_scale:g}" if cfg.lora else "",
     }

@@ -6,8 +6,8 @@ import argparse
 
 from engine.config import SCHEDULERS, ConditioningConfig, GeneratorConfig
 
-# Presets are random-weight models; the tiny one is only fast at small canvases and few steps.
-PRESET_DEFAULTS = {"tiny": {"size": 128, "steps": 10}}
+# The tiny random preset is only fast at small canvases and few steps; the toy generator was trained at 128 px.
+PRESET_DEFAULTS = {"tiny": {"size": 128, "steps": 10}, "toy": {"size": 128, "steps": 20}}
 REAL_DEFAULTS = {"size": 512, "steps": 40}
 
 
@@ -16,7 +16,8 @@ def add_generator_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--base-model",
         default="tiny",
-        help="tiny | sd15 (random-weight presets) | diffusers folder | single-file .safetensors (default: tiny)",
+        help="toy (trained on the synthetic world) | tiny | sd15 (random-weight presets) | diffusers folder | "
+        "single-file .safetensors (default: tiny)",
     )
     g.add_argument(
         "--controlnet",
