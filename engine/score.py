@@ -20,7 +20,7 @@ import numpy as np
 from engine.refresh_stages import encode_lists
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
-from rfnet.config import PRESET_NAMES
+from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES
 
 FIXED_RATE_PREFIX = "fixed-rate:"
 
@@ -32,9 +32,9 @@ class ScorerConfig:
     threshold: float | None = None
     """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
     depth: str = "tiny"
-    """Depth model: ``tiny`` or a transformers depth-estimation folder."""
+    """Depth model: ``tiny``, ``toy`` (trained on synthetic scenes) or a transformers depth-estimation folder."""
     saliency: str = "tiny"
-    """Saliency model: ``tiny`` or a saliency checkpoint folder."""
+    """Saliency model: ``tiny``, ``toy`` (trained on synthetic scenes) or a saliency checkpoint folder."""
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -69,9 +69,11 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
         rfnet = os.path.abspath(rfnet)
     checked = []
     for what, value in (("depth model", depth), ("saliency model", saliency)):
-        if value not in PRESET_NAMES:
+        if value not in MAP_PRESET_NAMES:
             if not os.path.isdir(value):
-                raise ModelPathError(f"{what} folder not found: {value} (expected 'tiny', 'paper' or a folder)")
+                raise ModelPathError(
+                    f"{what} folder not found: {value} (expected one of {', '.join(MAP_PRESET_NAMES)} or a folder)"
+                )
             value = os.path.abspath(value)
         checked.append(value)
     return rfnet, checked[0], checked[1]

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
     "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
+    "train-maps": ("jobs.train_maps", "train the toy depth and saliency models on synthetic scenes (Ray Train)"),
     "serve": ("jobs.serve", "the online RFNet scorer over HTTP (Ray Serve): /v1/score, /healthz, /readyz"),
 }
 

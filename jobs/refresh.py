@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.add_argument(
         "--threshold", type=float, default=None, help="accept when P(Available) >= T (default: the checkpoint's)"
     )
-    s.add_argument("--depth", default="tiny", help="depth model folder or 'tiny'")
-    s.add_argument("--saliency", default="tiny", help="saliency model folder or 'tiny'")
+    s.add_argument("--depth", default="tiny", help="depth model: tiny | toy | folder")
+    s.add_argument("--saliency", default="tiny", help="saliency model: tiny | toy | folder")
     s.add_argument("--max-attempts", type=int, default=5, help="attempt budget per SKU (default 5)")
     s.add_argument(
         "--rotate-after",

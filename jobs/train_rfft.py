@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--threshold", type=float, default=None, help="the judge's P(Available) threshold (default: checkpoint's)"
     )
-    p.add_argument("--depth", default="tiny", help="depth model for RFNet (tiny | paper | folder)")
-    p.add_argument("--saliency", default="tiny", help="saliency model for RFNet (tiny | paper | folder)")
+    p.add_argument("--depth", default="tiny", help="depth model for RFNet (tiny | toy | paper | folder)")
+    p.add_argument("--saliency", default="tiny", help="saliency model for RFNet (tiny | toy | paper | folder)")
     p.add_argument("--reward", default="rfnet", choices=("rfnet", "brightness"))
     p.add_argument("--regulariser", default="cc", choices=("cc", "kl", "none"))
     p.add_argument("--beta", type=float, default=1.0, help="regulariser weight (default 1)")

@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--maps", default="dataset", choices=["dataset", "compute"], help="depth/saliency source")
-    p.add_argument("--depth", default="tiny", help="depth model for --maps compute")
-    p.add_argument("--saliency", default="tiny", help="saliency model for --maps compute")
+    p.add_argument("--depth", default="tiny", help="depth model for --maps compute (tiny | toy | paper | folder)")
+    p.add_argument(
+        "--saliency", default="tiny", help="saliency model for --maps compute (tiny | toy | paper | folder)"
+    )
     p.add_argument("--max-steps-per-epoch", type=int)
     p.add_argument("--max-failures", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)

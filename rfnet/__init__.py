@@ -7,9 +7,10 @@ Public API (the engine, the online scorer and RFFT depend on these names)::
     save(model, folder, threshold)      # config.json + model.safetensors + tokenizer/
     Scorer, ScoreResult                 # numpy in, P(Available) / per-class probabilities / verdict out
     Preprocess                          # differentiable tensor preprocessing shared by all consumers
-    load_depth, load_saliency           # the auxiliary-modality models (tiny presets or local folders)
+    load_depth, load_saliency           # the auxiliary-modality models (tiny/paper/toy presets or local folders)
 
-Training lives in ``rfnet.train`` (imports ray) and is not imported here.
+Training lives in ``rfnet.train`` and ``rfnet.maps_train`` (the depth and saliency models; both import ray)
+and is not imported here.
 """
 
 from rfnet.checkpoint import build, load, save

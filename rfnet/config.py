@@ -9,6 +9,7 @@ as ``config.json`` next to the weights. Encoder sub-configs are plain dicts of t
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,8 +127,18 @@ class RFNetConfig:
 
 
 PRESET_NAMES = ("tiny", "paper")
-"""The random-weight presets: of RFNet (``preset``), of its depth and saliency models, and (``tiny``) of
-its tokenizer. Loaders that take "a preset or a folder" check against these."""
+"""The presets of RFNet (``preset``, random weights) and (``tiny``) of its tokenizer. Loaders of an RFNet
+"preset or checkpoint folder" check against these. A trained RFNet preset shipped with the package (as
+``toy`` is for the map models) would be added here and resolved in ``rfnet.checkpoint``."""
+
+MAP_PRESET_NAMES = ("tiny", "paper", "toy")
+"""The presets of the depth and saliency models (``rfnet.depth.load_depth``, ``rfnet.saliency.load_saliency``):
+``tiny`` and ``paper`` are random weights, ``toy`` the weights trained on synthetic scenes by
+``adloop train-maps`` and shipped in ``rfnet/assets/toy/``. Loaders and path checks of a depth or saliency
+"preset or folder" check against these, never against ``PRESET_NAMES``."""
+
+TOY_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "toy")
+"""Folder of the shipped ``toy`` weights: ``depth/`` (a transformers folder) and ``saliency/``."""
 
 
 def preset(name: str) -> RFNetConfig:

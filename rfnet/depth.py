@@ -1,11 +1,16 @@
 """Depth of the generated image (the paper's I_d, from DPT): a transformers depth-estimation model.
 
 ``load_depth`` accepts ``"tiny"`` (a random-weight ``DPTForDepthEstimation`` built from a small
-``DPTConfig``, for tests), ``"paper"`` (DPT-Large sizes, random weights, for cost measurements) or a
-local transformers folder (e.g. a downloaded ``Intel/dpt-hybrid-midas``; any
-``AutoModelForDepthEstimation`` works). The wrapper maps (B, 3, H, W) float images in [0, 1] to
-(B, 1, H, W) maps in [0, 1] (per-image min-max of the predicted relative depth), always without
-gradients: RFFT detaches depth (paper-notes section 8, Q7).
+``DPTConfig``, for tests), ``"paper"`` (DPT-Large sizes, random weights, for cost measurements), ``"toy"``
+(a small DPT trained by ``adloop train-maps`` on the synthetic scenes of ``rfnet.synth``, shipped in
+``rfnet/assets/toy/depth``) or a local transformers folder (e.g. a downloaded ``Intel/dpt-hybrid-midas``;
+any ``AutoModelForDepthEstimation`` works). The wrapper maps (B, 3, H, W) float images in [0, 1] to
+(B, 1, H, W) maps in [0, 1], always without gradients: RFFT detaches depth (paper-notes section 8, Q7).
+
+How the prediction becomes a [0, 1] map is a setting of the model folder: ``"minmax": false`` in its
+``preprocessor_config.json`` clamps the prediction (a model trained to output the [0, 1] map itself, like
+``toy``, whose wall and floor depths carry meaning across images); without the key, or ``true``, each
+predicted map is min-max normalised per image (what the relative depth of a real DPT/MiDaS needs).
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
 
+from rfnet.config import TOY_ASSETS
 from rfnet.preprocess import resize
+
+TOY_DEPTH = os.path.join(TOY_ASSETS, "depth")
+"""The shipped ``toy`` depth model (``save_depth`` layout)."""
 
 
 def tiny_dpt_config() -> DPTConfig:
@@ -37,13 +46,66 @@ def tiny_dpt_config() -> DPTConfig:
     )
 
 
-class DepthEstimator(nn.Module):
-    """A frozen depth model with its own input size and normalisation."""
+TOY_DPT: dict = {
+    "image_size": 64,
+    "patch_size": 8,
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "backbone_out_indices": [0, 1, 2, 3],
+    "neck_hidden_sizes": [16, 32, 32, 64],
+    "reassemble_factors": [4, 2, 1, 0.5],
+    "fusion_hidden_size": 16,
+    "use_auxiliary_head": False,
+}
+"""``DPTConfig`` kwargs of the ``toy`` depth model: 64 px input, 8 px patches (8 x 8 tokens), 4 layers of
+width 64; the head's output is 128 px, the engine's canvas. About 0.3 M parameters."""
 
-    def __init__(self, model: nn.Module, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+
+def toy_dpt_config() -> DPTConfig:
+    return DPTConfig(**TOY_DPT)
+
+
+def predict_depth(
+    model: nn.Module, images: torch.Tensor, input_size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """The raw prediction of a transformers depth model, differentiable (training uses it; ``DepthEstimator``
+    wraps it).
+
+    Args:
+        model: a transformers depth-estimation model (``predicted_depth`` output).
+        images: (B, 3, H, W) float in [0, 1].
+        input_size: the model's square input side; images are resized to it.
+        mean, std: (1, 3, 1, 1) input normalisation.
+
+    Returns:
+        (B, 1, H, W) float32, the prediction resized back to the images' size (not clamped or normalised).
+    """
+    h, w = images.shape[-2:]
+    x = resize(images.float(), input_size)
+    x = ((x - mean) / std).to(next(model.parameters()).dtype)
+    depth = model(pixel_values=x).predicted_depth.float().unsqueeze(1)
+    if depth.shape[-2:] != (h, w):
+        depth = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
+    return depth
+
+
+class DepthEstimator(nn.Module):
+    """A frozen depth model with its own input size, normalisation and output mapping (``minmax``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        minmax: bool = True,
+    ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.input_size = input_size
+        self.minmax = minmax
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -53,28 +115,59 @@ class DepthEstimator(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, 1, H, W) float in [0, 1], detached."""
-        h, w = images.shape[-2:]
-        x = resize(images.detach().float(), self.input_size)
-        x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
-        depth = self.model(pixel_values=x).predicted_depth.float().unsqueeze(1)
-        depth = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
+        depth = predict_depth(self.model, images.detach(), self.input_size, self.mean, self.std)
+        if not self.minmax:
+            return depth.clamp(0, 1)
         lo = depth.amin(dim=(2, 3), keepdim=True)
         hi = depth.amax(dim=(2, 3), keepdim=True)
         return (depth - lo) / (hi - lo).clamp_min(1e-6)
+
+
+def save_depth(
+    model: nn.Module,
+    folder: str,
+    input_size: int,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    minmax: bool = True,
+) -> None:
+    """Write a transformers folder (``save_pretrained``) + ``preprocessor_config.json`` that ``load_depth``
+    reads back with the same input size, normalisation and output mapping."""
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    processor = {
+        "image_processor_type": "DPTImageProcessor",
+        "do_resize": True,
+        "size": {"height": input_size, "width": input_size},
+        "keep_aspect_ratio": False,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "minmax": minmax,
+    }
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump(processor, f, indent=2)
 
 
 def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """Build or load the depth model.
 
     Args:
-        name: ``"tiny"``, ``"paper"`` or a local transformers depth-estimation folder.
+        name: ``"tiny"``, ``"paper"``, ``"toy"`` or a local transformers depth-estimation folder.
         device: where to put it.
         dtype: weight dtype (frozen model; fp32 on CPU).
 
     Raises:
-        FileNotFoundError: ``name`` is not a preset and not an existing folder.
+        FileNotFoundError: ``name`` is not a preset and not an existing folder (or the ``toy`` weights are
+            missing from the package).
     """
-    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 384
+    mean, std, size, minmax = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 384, True
+    if name == "toy":
+        if not os.path.isfile(os.path.join(TOY_DEPTH, "config.json")):
+            raise FileNotFoundError(f"depth model 'toy': no weights in {TOY_DEPTH} (adloop train-maps writes them)")
+        name = TOY_DEPTH
     if name == "tiny":
         with torch.random.fork_rng(devices=[]):  # the same random model in every process, global RNG untouched
             torch.manual_seed(0)
@@ -90,6 +183,9 @@ def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: to
             mean, std = tuple(p.get("image_mean", mean)), tuple(p.get("image_std", std))
             s = p.get("size", {})
             size = int(s.get("height", size) if isinstance(s, dict) else s)
+            minmax = bool(p.get("minmax", True))
     else:
-        raise FileNotFoundError(f"depth model {name!r}: expected 'tiny', 'paper' or a local transformers folder")
-    return DepthEstimator(model, size, mean, std).to(device=device, dtype=dtype)
+        raise FileNotFoundError(
+            f"depth model {name!r}: expected 'tiny', 'paper', 'toy' or a local transformers folder"
+        )
+    return DepthEstimator(model, size, mean, std, minmax).to(device=device, dtype=dtype)

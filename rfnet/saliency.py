@@ -7,9 +7,11 @@ structure with configurable heights and widths; it is *not* weight-compatible wi
 ``u2net.pth`` (the dilated RSU-4F stages are plain RSU-4 here). Weights are saved and loaded as a folder
 with ``config.json`` (``SaliencyConfig``) + ``model.safetensors``.
 
-``load_saliency`` accepts ``"tiny"``, ``"paper"`` (U^2-Net sizes, random weights) or such a folder. The
-wrapper maps (B, 3, H, W) float in [0, 1] to (B, 1, H, W) in [0, 1], detached, min-max normalised per
-image like U^2-Net's own inference.
+``load_saliency`` accepts ``"tiny"``, ``"paper"`` (U^2-Net sizes, random weights), ``"toy"`` (``TOY`` sizes,
+trained by ``adloop train-maps`` on the synthetic scenes of ``rfnet.synth``, shipped in
+``rfnet/assets/toy/saliency``) or such a folder. The wrapper maps (B, 3, H, W) float in [0, 1] to
+(B, 1, H, W) in [0, 1], detached: min-max normalised per image like U^2-Net's own inference, or, with
+``SaliencyConfig.minmax`` false (``toy``), the sigmoid itself, so a dim object stays dim.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rfnet.config import PRESET_NAMES
+from rfnet.config import TOY_ASSETS
 from rfnet.preprocess import IMAGE_MEAN, IMAGE_STD, resize
 
 
@@ -39,6 +41,8 @@ class SaliencyConfig:
     """Output width of each stage."""
     input_size: int = 64
     """Images are resized to this square before the model (U^2-Net: 320)."""
+    minmax: bool = True
+    """Min-max normalise each output map (U^2-Net's inference); False returns the sigmoid as it is."""
 
     def __post_init__(self) -> None:
         self.heights, self.mid_channels, self.out_channels = (
@@ -50,6 +54,8 @@ class SaliencyConfig:
             raise ValueError("heights, mid_channels and out_channels must have the same length (>= 2)")
         if min(self.heights) < 2:
             raise ValueError("an RSU block needs height >= 2")
+        if self.input_size < 2 ** len(self.heights):
+            raise ValueError(f"input_size {self.input_size} is too small for {len(self.heights)} stages")
 
 
 def _conv(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
@@ -115,6 +121,30 @@ class U2Net(nn.Module):
         return self.fuse(torch.cat(sides, dim=1))
 
 
+def saliency_logits(
+    model: nn.Module, images: torch.Tensor, input_size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """The model's raw logits at the images' size, differentiable (training uses it; ``SaliencyEstimator``
+    wraps it).
+
+    Args:
+        model: the U^2-Net-style model (or a DDP wrapper of it).
+        images: (B, 3, H, W) float in [0, 1]; resized to ``input_size`` first.
+        input_size: the model's input side (``SaliencyConfig.input_size``).
+        mean, std: (1, 3, 1, 1) input normalisation (ImageNet statistics).
+
+    Returns:
+        (B, 1, H, W) float32 logits.
+    """
+    h, w = images.shape[-2:]
+    x = resize(images.float(), input_size)
+    x = ((x - mean) / std).to(next(model.parameters()).dtype)
+    logits = model(x).float()
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits
+
+
 class SaliencyEstimator(nn.Module):
     """A frozen saliency model: (B, 3, H, W) in [0, 1] -> (B, 1, H, W) in [0, 1], detached."""
 
@@ -129,11 +159,9 @@ class SaliencyEstimator(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        x = resize(images.detach().float(), self.model.cfg.input_size)
-        x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
-        s = torch.sigmoid(self.model(x).float())
-        s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
+        s = torch.sigmoid(saliency_logits(self.model, images.detach(), self.model.cfg.input_size, self.mean, self.std))
+        if not self.model.cfg.minmax:
+            return s
         lo = s.amin(dim=(2, 3), keepdim=True)
         hi = s.amax(dim=(2, 3), keepdim=True)
         return (s - lo) / (hi - lo).clamp_min(1e-6)
@@ -145,6 +173,13 @@ PAPER = SaliencyConfig(
     out_channels=(64, 128, 256, 512, 512, 512),
     input_size=320,
 )
+
+TOY = SaliencyConfig(
+    heights=(4, 3, 3), mid_channels=(6, 12, 16), out_channels=(8, 16, 32), input_size=64, minmax=False
+)
+"""The sizes of the ``toy`` saliency model (about 60 k parameters, 64 px input, sigmoid output)."""
+TOY_SALIENCY = os.path.join(TOY_ASSETS, "saliency")
+"""The shipped ``toy`` saliency model (``save_saliency`` layout)."""
 
 
 def save_saliency(model: U2Net, folder: str) -> None:
@@ -159,14 +194,16 @@ def load_saliency(name: str = "tiny", device: torch.device | str = "cpu", dtype:
     """Build or load the saliency model.
 
     Args:
-        name: ``"tiny"``, ``"paper"`` or a folder written by ``save_saliency``.
+        name: ``"tiny"``, ``"paper"``, ``"toy"`` or a folder written by ``save_saliency``.
         device: where to put it.
         dtype: weight dtype (frozen model; fp32 on CPU).
 
     Raises:
         FileNotFoundError: ``name`` is not a preset and not a folder with ``config.json`` + ``model.safetensors``.
     """
-    if name in PRESET_NAMES:
+    if name == "toy":
+        name = TOY_SALIENCY
+    if name in ("tiny", "paper"):
         with torch.random.fork_rng(devices=[]):  # the same random model in every process, global RNG untouched
             torch.manual_seed(0)
             model = U2Net(SaliencyConfig() if name == "tiny" else PAPER)
@@ -174,7 +211,7 @@ def load_saliency(name: str = "tiny", device: torch.device | str = "cpu", dtype:
         cfg_path, weights = os.path.join(name, "config.json"), os.path.join(name, "model.safetensors")
         if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
             raise FileNotFoundError(
-                f"saliency model {name!r}: expected 'tiny', 'paper' or a folder with config.json + model.safetensors"
+                f"saliency model {name!r}: expected 'tiny', 'paper', 'toy' or a folder with config.json + model.safetensors"
             )
         with open(cfg_path) as f:
             model = U2Net(SaliencyConfig(**json.load(f)))

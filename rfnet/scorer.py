@@ -43,8 +43,8 @@ class Scorer:
         checkpoint: ``"tiny"`` / ``"paper"`` (random weights) or an RFNet checkpoint folder.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``... (see ``cluster.devices.resolve_device``).
         threshold: decision threshold on P(Available); ``None`` uses the checkpoint's.
-        depth: depth model, ``"tiny"`` / ``"paper"`` / a local transformers folder.
-        saliency: saliency model, ``"tiny"`` / ``"paper"`` / a folder from ``rfnet.saliency.save_saliency``.
+        depth: depth model, ``"tiny"`` / ``"paper"`` / ``"toy"`` / a local transformers folder.
+        saliency: saliency model, ``"tiny"`` / ``"paper"`` / ``"toy"`` / a folder from ``rfnet.saliency.save_saliency``.
     """
 
     def __init__(

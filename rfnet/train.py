@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rfnet.config import PRESET_NAMES, RFNetConfig, preset
+from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES, RFNetConfig, preset
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ class TrainConfig:
     maps: str = "dataset"
     """``"dataset"`` uses the depth/saliency maps stored with the data; ``"compute"`` recomputes them."""
     depth: str = "tiny"
-    """Depth model for ``maps="compute"`` (and the one the scorer should use with this checkpoint)."""
+    """Depth model for ``maps="compute"`` (and the one the scorer should use with this checkpoint): a name
+    from ``MAP_PRESET_NAMES`` (``toy`` is trained) or a folder."""
     saliency: str = "tiny"
-    """Saliency model for ``maps="compute"``."""
+    """Saliency model for ``maps="compute"``: a name from ``MAP_PRESET_NAMES`` or a folder."""
     max_steps_per_epoch: int | None = None
     """Cap on steps per epoch (smoke tests, throughput runs); ``None`` = the whole split."""
     max_failures: int = 0
@@ -173,10 +174,11 @@ def _datasets(splits: dict[str, list], cfg: TrainConfig) -> dict[str, Any]:
 
 def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its local data and model paths made absolute: Ray Train's workers do not run in the
-    caller's directory. Preset names and URIs pass unchanged."""
+    caller's directory. Preset names (RFNet's for the model fields, the map models' for ``depth`` and
+    ``saliency``) and URIs pass unchanged."""
 
-    def absolute(path: str | None) -> str | None:
-        return os.path.abspath(path) if path and path not in PRESET_NAMES and os.path.exists(path) else path
+    def absolute(path: str | None, presets: tuple[str, ...] = PRESET_NAMES) -> str | None:
+        return os.path.abspath(path) if path and path not in presets and os.path.exists(path) else path
 
     m = cfg.model
     model = m.replace(
@@ -185,7 +187,11 @@ def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
         tokenizer=absolute(m.tokenizer),
     )
     return dataclasses.replace(
-        cfg, data=absolute(cfg.data), depth=absolute(cfg.depth), saliency=absolute(cfg.saliency), model=model
+        cfg,
+        data=absolute(cfg.data),
+        depth=absolute(cfg.depth, MAP_PRESET_NAMES),
+        saliency=absolute(cfg.saliency, MAP_PRESET_NAMES),
+        model=model,
     )
 
 
