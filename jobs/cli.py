@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.eval_generator",
         "available rate, attempts and diversity of a generator on held-out products",
     ),
+    "train-generator": (
+        "jobs.train_generator",
+        "train the toy generator (VAE, text encoder, UNet, ControlNet) on Ray Train",
+    ),
     "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
     "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
     "train-maps": ("jobs.train_maps", "train the toy depth and saliency models on synthetic scenes (Ray Train)"),
