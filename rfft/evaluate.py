@@ -8,6 +8,7 @@ the seeds ``adloop refresh`` would use with that run seed) it reports:
   verdict the refresh job uses), plus ``argmax_rate`` (Available is the most likely class: the paper's
   "Ava") and ``mean_p_available``;
 - ``expected_attempts``: ``1 / available_rate``, what Recurrent Generation needs on average without a cap;
+- ``rejected_defects``: how many rejected first attempts the judge puts in each defect class;
 - optionally ``measured``: Recurrent Generation actually run (new seed per attempt, prompt rotation as
   in the engine) up to ``max_attempts``: accepted count, mean attempts of the accepted products (what
   the refresh summary reports) and all attempts spent per accepted product;
@@ -21,6 +22,7 @@ Images are generated with :func:`rfft.sampling.sample`, which equals the engine'
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +136,8 @@ class Evaluator:
             "argmax_rate": float((first.probabilities.argmax(axis=1) == 0).mean()),
             "mean_p_available": float(first.p_available.mean()),
             "expected_attempts": (1.0 / rate) if rate > 0 else float("inf"),
+            # the judge's most likely defect of each rejected first attempt
+            "rejected_defects": dict(Counter(d for d, ok in zip(first.defect, first.accepted, strict=True) if not ok)),
             "diversity": div,
             "background_std": bg_std,
         }
