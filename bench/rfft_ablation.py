@@ -58,7 +58,7 @@ def write_products(out: str, n_train: int, n_eval: int, seed: int, size: int) ->
 def calibrate_threshold(rfnet: str, out: str, target_precision: float, seed: int, n: int = 1200) -> dict:
     """The P(Available) threshold reaching ``target_precision`` on Available, on a fresh synthetic set.
 
-    paper-notes section 8, item 2: production gates on a threshold calibrated for precision on a held-out
+    docs/paper.md §8, Q2: production gates on a threshold calibrated for precision on a held-out
     labelled set, not on 0.5. The set is drawn with a seed neither RFNet nor the RFFT products used.
     """
     import numpy as np

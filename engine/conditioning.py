@@ -1,6 +1,6 @@
 """Product conditioning: what one attempt does to the product before and after the generator.
 
-This follows the authors' released sampler (DESIGN.md, "The generation path", steps 1-5 and 7):
+This follows the authors' released sampler (docs/design.md, "The generation path", steps 1-4 and 7):
 
 1. decode the cutout: RGBA, alpha is the product mask; RGB/JPEG, pure-white pixels are background;
 2. lay it out: crop to the mask's bounding box, scale its longer side to ``image_scale`` of the canvas

@@ -69,7 +69,7 @@ def normalise_scheduler(name: str) -> str:
 
 @dataclass
 class ConditioningConfig:
-    """How a product cutout becomes the generator's inputs (DESIGN.md, generation path steps 1-5)."""
+    """How a product cutout becomes the generator's inputs (docs/design.md, "The generation path", steps 1-4)."""
 
     size: int = 512
     """Canvas side in pixels; equal to the generator's."""

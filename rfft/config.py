@@ -15,7 +15,7 @@ REWARDS = ("rfnet", "brightness")
 
 @dataclass
 class RFFTConfig:
-    """A reward fine-tuning run of the ControlNet (paper section 5; defaults from section 5.4 where known)."""
+    """A reward fine-tuning run of the ControlNet (docs/paper.md §5; defaults from §5.4 where known)."""
 
     # --- generator (what is sampled and fine-tuned) ---
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(base_model="tiny", size=64, steps=10))

@@ -49,7 +49,7 @@ def _tiny_roberta() -> dict[str, Any]:
 
 @dataclass
 class RFNetConfig:
-    """Architecture of RFNet (paper section 3.2; open choices follow paper-notes section 8, Q3)."""
+    """Architecture of RFNet (docs/paper.md §3.2; open choices follow §8, Q3)."""
 
     image_size: int = 64
     """Side in pixels of the square every image modality is resized to (paper: 384)."""
@@ -80,8 +80,8 @@ class RFNetConfig:
     caption_in_fusion: bool = True
     """Also feed the caption tokens to the fusion layers, next to the FFM-filtered product tokens.
 
-    The digest's formula fuses only ``e_f``; on the synthetic set that variant never learned Size Mismatch
-    (which needs the caption's size class next to the scene's scale), so the default adds them.
+    The paper's formula (docs/paper.md §3.2) fuses only ``e_f``; on the synthetic set that variant never learned
+    Size Mismatch (which needs the caption's size class next to the scene's scale), so the default adds them.
     """
     modalities: tuple[str, ...] = MODALITIES
     """The inputs the model uses; drop names for the paper's Table 2 ablation."""

@@ -5,7 +5,7 @@
 local transformers folder (e.g. a downloaded ``Intel/dpt-hybrid-midas``; any
 ``AutoModelForDepthEstimation`` works). The wrapper maps (B, 3, H, W) float images in [0, 1] to
 (B, 1, H, W) maps in [0, 1] (per-image min-max of the predicted relative depth), always without
-gradients: RFFT detaches depth (paper-notes section 8, Q7).
+gradients: RFFT detaches depth (docs/paper.md §8, Q7).
 """
 
 from __future__ import annotations

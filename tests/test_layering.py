@@ -1,4 +1,4 @@
-"""The import layering DESIGN.md states, checked on the source (no imports executed).
+"""The import layering docs/design.md states, checked on the source (no imports executed).
 
     cluster  <-  rfnet  <-  engine  <-  rfft  <-  jobs
 
