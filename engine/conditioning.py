@@ -10,7 +10,7 @@ This follows the authors' released sampler (docs/design.md, "The generation path
 3. masks: the inpaint mask is the inverted product mask dilated by a square kernel (20x20 at 512 px,
    scaled with the canvas), so the model may repaint a thin band over the border; the paste-back mask
    is the undilated inverse, ``m = 1 - alpha / 255``;
-4. control image: canny edges (100/200) of the product with the background zeroed, three channels;
+4. control image: canny edges (100/200) of the product with the background (alpha < 128) zeroed, three channels;
 7. paste back: ``out = (1 - m) * product + m * generated``, so product pixels (alpha 255) come out
    bit-identical to the laid-out input.
 
@@ -227,7 +227,8 @@ def build_condition(product_rgba: np.ndarray, cfg: ConditioningConfig) -> Condit
     inpaint_mask = np.where(dilated >= 128, 255, 0).astype(np.uint8)
     a = alpha[..., None].astype(np.float32) / 255.0
     image = (a * rgb + (1.0 - a) * 255.0).round().astype(np.uint8)
-    product_on_black = np.where(alpha[..., None] > 0, rgb, 0).astype(np.uint8)
+    # The authors zero the background where alpha / 255 < 0.5, so a soft edge's faint fringe gives no edges.
+    product_on_black = np.where(alpha[..., None] >= PRODUCT_ALPHA, rgb, 0).astype(np.uint8)
     edges = cv2.Canny(product_on_black, cfg.canny_low, cfg.canny_high)
     control = np.repeat(edges[..., None], 3, axis=-1)
     return Condition(product_rgba=product_rgba, image=image, inpaint_mask=inpaint_mask, control=control)

@@ -133,3 +133,16 @@ def test_white_keying_of_rgb_inputs_follows_the_authors():
     png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
     decoded = decode_product(png, "white.png", ConditioningConfig(size=64))
     assert (decoded[..., 3] == expected).all() and (decoded[..., :3] == rgb).all()
+
+
+def test_control_image_zeroes_the_background_at_the_authors_cut():
+    """Their control image: canny of the product RGB with pixels of alpha / 255 < 0.5 set to 0."""
+    from engine.conditioning import build_condition
+
+    cfg = ConditioningConfig(size=128)
+    canvas = layout(CASES["soft-ellipse-odd-size"], cfg, image_scale=0.75)
+    rgb = canvas[..., :3].copy()
+    rgb[canvas[..., 3] / 255.0 < 0.5] = 0
+    expected = cv2.Canny(rgb, 100, 200)
+    control = build_condition(canvas, cfg).control
+    assert (control == expected[..., None]).all()
