@@ -1,14 +1,49 @@
-"""Command-line options shared by the jobs that run the generator."""
+"""Command-line options shared by the jobs: the help formatter every job uses, and the generator's options.
+
+This module is imported while a job builds its parser, so it must stay light: no torch, diffusers,
+transformers, ray, cv2 or pyarrow here, nor in what it imports (``tests/test_jobs_help.py`` checks it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 
 from engine.config import SCHEDULERS, ConditioningConfig, GeneratorConfig
 
 # Presets are random-weight models; the tiny one is only fast at small canvases and few steps.
 PRESET_DEFAULTS = {"tiny": {"size": 128, "steps": 10}}
 REAL_DEFAULTS = {"size": 512, "steps": 40}
+
+
+_ROLE = re.compile(r":(?:class|func|mod|data|attr|meth):`~?([^`]+)`")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the job's docstring layout, drops its reST markup, and shows every option's default.
+
+    A default is appended to an option's help unless the help already states one (``default`` in the text),
+    the option is a flag, or it has no default (``None``; the help then says what happens without it).
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = _ROLE.sub(r"\1", text).replace("``", "").replace("::\n", ":\n")
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = (action.help or "").replace("``", "")
+        if "default" in help_.lower() or not action.option_strings:
+            return help_
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._AppendAction)):
+            return help_
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return help_
+        return f"{help_} (default: %(default)s)" if help_ else "(default: %(default)s)"
+
+
+def job_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``adloop <job>``: its module docstring as the description, and :class:`HelpFormatter`."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
 
 
 def add_generator_args(p: argparse.ArgumentParser) -> None:

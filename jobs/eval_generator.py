@@ -17,30 +17,32 @@ import logging
 import sys
 
 from engine.config import GeneratorConfig
-from engine.models import build_pipeline
+from jobs.args import job_parser
 
 logger = logging.getLogger("adloop.eval_generator")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop eval-generator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop eval-generator", __doc__)
     p.add_argument("--products", required=True, help="held-out products: folder of cutouts or a manifest")
     p.add_argument("--limit", type=int, default=None, help="use at most this many products")
     p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder (the judge)")
     p.add_argument("--threshold", type=float, default=None, help="P(Available) threshold (default: checkpoint's)")
-    p.add_argument("--depth", default="tiny")
-    p.add_argument("--saliency", default="tiny")
-    p.add_argument("--base-model", default="tiny")
+    p.add_argument("--depth", default="tiny", help="depth model for RFNet: tiny | paper | folder")
+    p.add_argument("--saliency", default="tiny", help="saliency model for RFNet: tiny | paper | folder")
+    p.add_argument("--base-model", default="tiny", help="tiny | sd15 (random-weight presets) | diffusers folder")
     p.add_argument("--controlnet", default=None, help="ControlNet folder (default: the preset's own)")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=64, help="canvas side in px")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seeds", type=int, default=3, help="seeds per product for the diversity figure")
-    p.add_argument("--run-seed", type=int, default=0)
-    p.add_argument("--max-attempts", type=int, default=0, help="also run Recurrent Generation up to this many")
+    p.add_argument(
+        "--run-seed", type=int, default=0, help="the run seed whose attempt seeds are used (as refresh --seed)"
+    )
+    p.add_argument(
+        "--max-attempts", type=int, default=0, help="also run Recurrent Generation up to this many attempts (0 = no)"
+    )
     p.add_argument("--output", default=None, help="write the metrics here as JSON")
     return p.parse_args(argv)
 
@@ -48,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from engine.models import build_pipeline
     from rfft.evaluate import Evaluator, load_products
     from rfnet import Scorer
 

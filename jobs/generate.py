@@ -14,25 +14,13 @@ import os
 import sys
 import time
 
-from PIL import Image
-from tqdm import tqdm
-
-from engine.conditioning import ProductImageError
-from engine.generate import GenerateStage
-from engine.models import describe
-from engine.paths import safe_name
-from engine.prepare import MissingImageError, PromptPolicy, condition_row, read_image_bytes, stack_rows
-from engine.prompts import load_prompt_config
-from engine.sources import iter_records
-from jobs.args import add_generator_args, conditioning_config, generator_config
+from jobs.args import add_generator_args, conditioning_config, generator_config, job_parser
 
 logger = logging.getLogger("adloop.generate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop generate", __doc__)
     p.add_argument(
         "--input",
         required=True,
@@ -48,6 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    # Imported after parsing, so --help does not load torch and diffusers.
+    from PIL import Image
+    from tqdm import tqdm
+
+    from engine.conditioning import ProductImageError
+    from engine.generate import GenerateStage
+    from engine.models import describe
+    from engine.paths import safe_name
+    from engine.prepare import MissingImageError, PromptPolicy, condition_row, read_image_bytes, stack_rows
+    from engine.prompts import load_prompt_config
+    from engine.sources import iter_records
+
     gen_cfg = generator_config(args)
     cond_cfg = conditioning_config(args, gen_cfg.size)
     policy = PromptPolicy(templates=load_prompt_config(args.prompts), run_seed=args.seed)

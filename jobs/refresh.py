@@ -14,19 +14,13 @@ import json
 import logging
 import sys
 
-from cluster.resources import ResourceConfig, ResourceError
-from cluster.runtime import init_ray
-from engine.pipeline import RefreshConfig, run_refresh
-from engine.prompts import PromptConfigError
-from engine.score import ScorerConfig
-from engine.sources import SourceError
-from jobs.args import add_generator_args, conditioning_config, generator_config
+from jobs.args import add_generator_args, conditioning_config, generator_config, job_parser
+
+# The engine (Ray, diffusers, pyarrow) is imported only once the arguments are parsed, so --help is instant.
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop refresh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop refresh", __doc__)
     p.add_argument(
         "--input",
         required=True,
@@ -63,8 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gpus-per-generator", type=float, default=None, help="GPUs per generation actor (fractions allowed)"
     )
     r.add_argument("--gpus-per-scorer", type=float, default=None, help="GPUs per scoring actor (fractions allowed)")
-    r.add_argument("--cpus-per-generator", type=float, default=None)
-    r.add_argument("--cpus-per-scorer", type=float, default=None)
+    r.add_argument("--cpus-per-generator", type=float, default=None, help="CPUs per generation actor")
+    r.add_argument("--cpus-per-scorer", type=float, default=None, help="CPUs per scoring actor")
     r.add_argument(
         "--gen-batch-size", type=int, default=None, help="images per generator call (default 8 on GPU, 4 on CPU)"
     )
@@ -80,7 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> RefreshConfig:
+def build_config(args: argparse.Namespace):
+    """The job's ``engine.pipeline.RefreshConfig`` from its parsed arguments."""
+    from cluster.resources import ResourceConfig
+    from engine.pipeline import RefreshConfig
+    from engine.score import ScorerConfig
+
     gen = generator_config(args)
     return RefreshConfig(
         input=args.input,
@@ -113,6 +112,12 @@ def build_config(args: argparse.Namespace) -> RefreshConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from cluster.resources import ResourceError
+    from cluster.runtime import init_ray
+    from engine.pipeline import run_refresh
+    from engine.prompts import PromptConfigError
+    from engine.sources import SourceError
+
     try:
         cfg = build_config(args)
         init_ray(address=args.address, num_cpus=args.num_cpus)

@@ -11,14 +11,12 @@ import argparse
 import logging
 import sys
 
-from cluster.storage import exists, join
-from engine.report import ReportConfig, write_report
+from engine.report_config import ReportConfig
+from jobs.args import job_parser
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop report", __doc__)
     p.add_argument("output", metavar="OUT", help="a refresh's output root (local path or fsspec URI)")
     d = ReportConfig()
     p.add_argument("--gallery", type=int, default=d.gallery, help=f"accepted SKUs shown (default {d.gallery})")
@@ -37,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from cluster.storage import exists, join
+    from engine.report import write_report
+
     if not exists(join(args.output, "results")):
         print(f"adloop report: error: {args.output} has no results/ (is it a refresh output?)", file=sys.stderr)
         return 2

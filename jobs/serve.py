@@ -17,13 +17,13 @@ import logging
 import signal
 import time
 
+from jobs.args import job_parser
+
 logger = logging.getLogger("adloop.serve")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop serve", __doc__)
     p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder, or tiny/paper presets (default tiny)")
     p.add_argument("--threshold", type=float, default=None, help="P(Available) threshold (default: the checkpoint's)")
     p.add_argument("--depth", default="tiny", help="depth model: tiny | paper | transformers folder")
@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per model call (default 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="wait for a fuller batch, ms (default 10)")
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=1)
+    p.add_argument("--min-replicas", type=int, default=1, help="fewest replicas the autoscaler keeps")
+    p.add_argument("--max-replicas", type=int, default=1, help="most replicas the autoscaler starts")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (default 0; 1 on GPU nodes)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body, MiB (default 32)")

@@ -5,15 +5,20 @@ See ``rfnet/synth.py`` for how each label is produced.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 
+from jobs.args import HelpFormatter, job_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adloop synth", description=__doc__)
+    parser = job_parser("adloop synth", __doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
-    p = sub.add_parser("rf1m", help="RF1M layout: generated/, product/, depth/, saliency/, label.txt, caption.txt")
+    p = sub.add_parser(
+        "rf1m",
+        help="RF1M layout: generated/, product/, depth/, saliency/, label.txt, caption.txt",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--n", type=int, required=True, help="number of generated images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="everything is a pure function of the seed")

@@ -27,15 +27,14 @@ import sys
 import time
 
 from engine.config import GeneratorConfig
-from rfft.config import RFFTConfig
+from jobs.args import job_parser
+from rfft.config import REGULARISERS, REWARDS, STRATEGIES, RFFTConfig
 
 logger = logging.getLogger("adloop.train_rfft")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop train-rfft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop train-rfft", __doc__)
     p.add_argument("--train-products", required=True, help="folder of product cutouts or a manifest")
     p.add_argument("--eval-products", default=None, help="held-out products (default: no evaluation)")
     p.add_argument("--limit-train", type=int, default=None, help="use at most this many training products")
@@ -47,20 +46,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--depth", default="tiny", help="depth model for RFNet (tiny | paper | folder)")
     p.add_argument("--saliency", default="tiny", help="saliency model for RFNet (tiny | paper | folder)")
-    p.add_argument("--reward", default="rfnet", choices=("rfnet", "brightness"))
-    p.add_argument("--regulariser", default="cc", choices=("cc", "kl", "none"))
+    p.add_argument(
+        "--reward", default="rfnet", choices=REWARDS, help="rfnet: log P(Available); brightness: a toy for smoke tests"
+    )
+    p.add_argument(
+        "--regulariser",
+        default="cc",
+        choices=REGULARISERS,
+        help="cc: Consistent Condition; kl: distance to the reference prediction; none: plain reward feedback",
+    )
     p.add_argument("--beta", type=float, default=1.0, help="regulariser weight (default 1)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
-    p.add_argument("--strategy", default="ddp", choices=("ddp", "deepspeed"))
-    p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--strategy", default="ddp", choices=STRATEGIES, help="Ray Train strategy")
+    p.add_argument("--zero-stage", type=int, default=2, help="DeepSpeed ZeRO stage (0-3; only with deepspeed)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     g = p.add_argument_group("generator")
-    g.add_argument("--base-model", default="tiny")
+    g.add_argument("--base-model", default="tiny", help="tiny | sd15 (random-weight presets) | diffusers folder")
     g.add_argument("--controlnet", default=None, help="starting ControlNet folder (default: the preset's)")
-    g.add_argument("--size", type=int, default=64)
+    g.add_argument("--size", type=int, default=64, help="canvas side in px of rollouts and evaluation")
     g.add_argument("--gen-steps", type=int, default=10, help="denoising steps of rollouts and evaluation")
-    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale of rollouts and evaluation")
     p.add_argument(
         "--set",
         action="append",

@@ -18,38 +18,37 @@ import json
 import logging
 import sys
 
+from jobs.args import job_parser
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="adloop train-rfnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = job_parser("adloop train-rfnet", __doc__)
     p.add_argument("--data", required=True, help="RF1M folder or .parquet/.jsonl manifest")
     p.add_argument("--out", required=True, help="output folder (checkpoints, rfnet/, metrics.json)")
     p.add_argument("--name", default="rfnet", help="run name; same --out and --name resumes")
     p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
-    p.add_argument("--image-size", type=int, help="override the preset's image size")
+    p.add_argument("--image-size", type=int, help="override the preset's image size in px (default: the preset's)")
     p.add_argument("--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
     p.add_argument("--image-encoder", help="local transformers ResNet folder to start from")
     p.add_argument("--text-encoder", help="local transformers RoBERTa folder to start from")
     p.add_argument("--tokenizer", help="local tokenizer folder (default: the preset's)")
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"])
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"], help="Ray Train strategy")
     p.add_argument("--zero-stage", type=int, default=2, help="DeepSpeed ZeRO stage (0-2)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cpus-per-worker", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs reserved per worker (also its torch thread count)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="training precision")
+    p.add_argument("--epochs", type=int, default=10, help="epochs; the lr drops 10x halfway")
     p.add_argument("--batch-size", type=int, default=32, help="per worker")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate before the drop")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--maps", default="dataset", choices=["dataset", "compute"], help="depth/saliency source")
     p.add_argument("--depth", default="tiny", help="depth model for --maps compute")
     p.add_argument("--saliency", default="tiny", help="saliency model for --maps compute")
-    p.add_argument("--max-steps-per-epoch", type=int)
-    p.add_argument("--max-failures", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap on optimizer steps per epoch (default: no cap)")
+    p.add_argument("--max-failures", type=int, default=0, help="worker failures Ray Train retries from a checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     return p
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-REGULARISERS = ("cc", "kl", "none")
+from rfft.config import REGULARISERS
+
 AVAILABLE = 0
 """Index of "Available" in ``rfnet.LABELS``."""
 
