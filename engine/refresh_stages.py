@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from cluster.storage import join, read_bytes, write_bytes_atomic
+from engine.columns import encode_lists
 from engine.conditioning import ProductImageError, build_condition, decode_product, layout
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.generate import GenerateStage
@@ -287,11 +288,6 @@ class DecideAndWrite:
             "run_id": ctx.run_id,
             "finished_at": time.time(),
         }
-
-
-def encode_lists(rows) -> np.ndarray:
-    """(B, m) strings -> (B,) JSON strings, one list per row."""
-    return np.array([json.dumps([str(x) for x in row]) for row in rows], dtype=object).astype(str)
 
 
 def _scalar(value):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.refresh_stages import encode_lists
+from engine.columns import encode_lists
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
 from rfnet.config import PRESET_NAMES
