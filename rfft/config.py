@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.configs import from_dict
 from engine.config import GeneratorConfig
 
 # Declared here rather than in rfft.losses, so the job's parser can name them without importing torch.
@@ -88,7 +89,7 @@ class RFFTConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig(**self.generator)
+            self.generator = from_dict(GeneratorConfig, self.generator)
         if self.regulariser not in REGULARISERS:
             raise ValueError(f"regulariser must be one of {REGULARISERS}, got {self.regulariser!r}")
         if self.strategy not in STRATEGIES:
@@ -114,11 +115,9 @@ class RFFTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RFFTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown RFFT config keys: {sorted(unknown)}")
-        return cls(**d)
+        """The config from plain data, ``generator`` included (``cluster.configs.from_dict``: unknown keys
+        are refused at every level)."""
+        return from_dict(cls, d)
 
     def deepspeed_config(self) -> dict[str, Any]:
         """The DeepSpeed config for this run: batch arithmetic, clipping and ZeRO stage from the fields above."""

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.configs import from_dict
+
 LABELS: tuple[str, ...] = (
     "Available",
     "Unsuitable",
@@ -115,11 +117,8 @@ class RFNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RFNetConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown RFNetConfig fields {sorted(unknown)}")
-        return cls(**data)
+        """The config from plain data (``cluster.configs.from_dict``: unknown keys are refused)."""
+        return from_dict(cls, data)
 
     def replace(self, **changes: Any) -> RFNetConfig:
         return dataclasses.replace(self, **changes)

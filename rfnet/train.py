@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cluster.configs import from_dict
 from rfnet.config import PRESET_NAMES, RFNetConfig, preset
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
-            self.model = RFNetConfig.from_dict(self.model)
+            self.model = from_dict(RFNetConfig, self.model)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.zero_stage not in (0, 1, 2):
@@ -122,7 +123,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{**d, "model": RFNetConfig.from_dict(d["model"]) if isinstance(d["model"], dict) else d["model"]})
+        """The config from plain data, ``model`` included (``cluster.configs.from_dict``: unknown keys are
+        refused at every level)."""
+        return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------- driver
