@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster.configs import from_dict
+from cluster.paths import checked_path
 from rfnet.config import PRESET_NAMES, RFNetConfig, preset
 
 logger = logging.getLogger(__name__)
@@ -175,11 +176,12 @@ def _datasets(splits: dict[str, list], cfg: TrainConfig) -> dict[str, Any]:
 
 
 def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its local data and model paths made absolute: Ray Train's workers do not run in the
-    caller's directory. Preset names and URIs pass unchanged."""
+    """``cfg`` with its local data and model paths made absolute (``cluster.paths.checked_path``): Ray Train's
+    workers do not run in the caller's directory. Preset names, and paths this machine does not have (an
+    fsspec URI, a folder only the workers see), pass unchanged."""
 
     def absolute(path: str | None) -> str | None:
-        return os.path.abspath(path) if path and path not in PRESET_NAMES and os.path.exists(path) else path
+        return checked_path(path, "path", presets=PRESET_NAMES, required=False) if path else path
 
     m = cfg.model
     model = m.replace(
