@@ -20,7 +20,7 @@ class RFFTConfig:
     """A reward fine-tuning run of the ControlNet (docs/paper.md §5; defaults from §5.4 where known)."""
 
     # --- generator (what is sampled and fine-tuned) ---
-    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(base_model="tiny", size=64, steps=10))
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig.for_model("tiny"))
     """The pipeline, exactly as the engine builds it. ``generator.controlnet`` is the starting ControlNet
     (``None``: the preset's own); ``steps`` and ``guidance_scale`` are those of the training rollouts."""
     grad_window: int = 10
