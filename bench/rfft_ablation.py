@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "--train-products", train, "--eval-products", held_out, "--output", run_out,
                 "--rfnet", args.rfnet, "--regulariser", reg, "--beta", str(args.beta),
-                "--steps", str(args.steps), "--workers", str(args.workers),
-                "--size", str(args.size), "--gen-steps", str(args.gen_steps),
+                "--max-steps", str(args.steps), "--workers", str(args.workers),
+                "--size", str(args.size), "--steps", str(args.gen_steps),
                 "--set", f"lr={args.lr}", "--set", f"batch_size={args.batch_size}",
                 "--set", f"grad_accum={args.grad_accum}", "--set", f"eval_every={args.eval_every}",
                 "--set", f"checkpoint_every={args.eval_every}", "--set", f"eval_seeds={args.eval_seeds}",

@@ -1,4 +1,11 @@
-"""Command-line options shared by the jobs: the help formatter every job uses, and the generator's options.
+"""Every job's command line is built here: the help formatter, and each option declared once.
+
+An option a job shares with another (``--size``, ``--rfnet``, ``--output``, ...) is one :class:`Option` below,
+with one name, one default and one help; its default comes from the package's config dataclass where it
+has one (``GeneratorConfig``, ``RFFTConfig``). An option only one job has is declared in that job with
+:func:`add`. Old spellings stay accepted as aliases for one release and are named in the help.
+``tests/test_job_options.py`` checks that every option of every job comes from a declaration, that a flag
+shared by jobs has one declaration, and that no flag is spelled two ways.
 
 This module is imported while a job builds its parser, so it must stay light: no torch, diffusers,
 transformers, ray, cv2 or pyarrow here, nor in what it imports (``tests/test_jobs_help.py`` checks it).
@@ -8,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
+from typing import Any
 
-from engine.config import SCHEDULERS, ConditioningConfig, GeneratorConfig
-
-# Presets are random-weight models; the tiny one is only fast at small canvases and few steps.
-PRESET_DEFAULTS = {"tiny": {"size": 128, "steps": 10}}
-REAL_DEFAULTS = {"size": 512, "steps": 40}
-
+from engine.config import PRESET_SAMPLING, SCHEDULERS, ConditioningConfig, GeneratorConfig
 
 _ROLE = re.compile(r":(?:class|func|mod|data|attr|meth):`~?([^`]+)`")
 
@@ -46,66 +50,167 @@ def job_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
 
 
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: its flags (the name first, then old spellings kept for one release), help,
+    default and argparse settings."""
+
+    flags: tuple[str, ...]
+    help: str
+    default: Any = None
+    type: Any = None
+    choices: tuple | None = None
+    action: str | None = None
+    metavar: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.flags[0]
+
+    def add(self, parser, required: bool = False) -> argparse.Action:
+        """Add this option to ``parser`` (or an argument group); ``required`` is the one per-job setting."""
+        kwargs: dict[str, Any] = {"help": self.help}
+        if len(self.flags) > 1:
+            kwargs["help"] += f" [old spelling, kept for one release: {', '.join(self.flags[1:])}]"
+        if self.action:
+            kwargs["action"] = self.action
+        if self.action != "store_true":
+            kwargs["default"] = self.default
+        for key in ("type", "choices", "metavar"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if required:
+            kwargs["required"] = True
+        action = parser.add_argument(*self.flags, **kwargs)
+        action.declaration = self  # what tests/test_job_options.py reads
+        return action
+
+
+def add(parser, *flags: str, required: bool = False, **settings: Any) -> argparse.Action:
+    """Declare and add an option only this job has (a shared one is an :class:`Option` in this module)."""
+    return Option(flags=flags, **settings).add(parser, required=required)
+
+
+_G = GeneratorConfig
+_SIZE_DEFAULTS = ", ".join(f"{size} for {name}" for name, (size, _) in PRESET_SAMPLING.items())
+_STEPS_DEFAULTS = ", ".join(f"{steps} for {name}" for name, (_, steps) in PRESET_SAMPLING.items())
+
+# --- inputs and outputs
+INPUT = Option(
+    ("--input",),
+    "folder of product cutouts (SKU id = file stem) or a manifest (.parquet/.csv/.jsonl); local or fsspec URI",
+)
+OUTPUT = Option(
+    ("--output", "--out"),
+    "where the job writes its results (a folder, except eval-generator's JSON file); local or fsspec URI. "
+    "Rerunning a job with the same output resumes it",
+)
+LIMIT = Option(("--limit",), "use at most this many products (default: all)", type=int)
+SEED = Option(("--seed",), "the run's seed: every random choice of the job derives from it", default=0, type=int)
+
+# --- the generator (engine.config.GeneratorConfig)
+BASE_MODEL = Option(
+    ("--base-model",),
+    "tiny | sd15 (random-weight presets) | diffusers folder | single-file .safetensors",
+    default=_G.base_model,
+)
+CONTROLNET = Option(
+    ("--controlnet",),
+    "diffusers ControlNet folder, e.g. an RFFT output (default: the preset's own; a real base model needs one)",
+)
+BASE_CONFIG = Option(
+    ("--base-config",), "for a single-file checkpoint: a diffusers SD 1.5 folder with its configs and tokenizer"
+)
+LORA = Option(("--lora",), "LoRA .safetensors file to fuse")
+LORA_SCALE = Option(("--lora-scale",), "LoRA strength (0 = no effect)", default=_G.lora_scale, type=float)
+SCHEDULER = Option(
+    ("--scheduler",),
+    f"{' | '.join(SCHEDULERS)} (also 'Euler a', 'DPM++ SDE Karras')",
+    default=_G.scheduler,
+)
+SIZE = Option(("--size",), f"canvas side in px (default: {_SIZE_DEFAULTS}, else {_G.size})", type=int)
+STEPS = Option(("--steps", "--gen-steps"), f"denoising steps (default: {_STEPS_DEFAULTS}, else {_G.steps})", type=int)
+GUIDANCE_SCALE = Option(
+    ("--guidance-scale", "--guidance"), "classifier-free guidance scale", default=_G.guidance_scale, type=float
+)
+CONDITIONING_SCALE = Option(
+    ("--conditioning-scale",), "ControlNet residual scale", default=_G.conditioning_scale, type=float
+)
+DEVICE = Option(("--device",), "auto | cpu | cuda | cuda:N", default=_G.device)
+DTYPE = Option(
+    ("--dtype",),
+    "precision on GPU (CPU is always fp32; training takes fp32 or bf16)",
+    default=_G.dtype,
+    choices=("fp32", "bf16", "fp16"),
+)
+GEN_BATCH_SIZE = Option(("--gen-batch-size",), "images per generator call (default: 8 on GPU, 4 on CPU)", type=int)
+
+# --- conditioning and prompts (engine.config.ConditioningConfig, engine.prepare.PromptPolicy)
+PROMPTS = Option(("--prompts",), "prompt config JSON in the authors' format (default: the bundled one)")
+KEEP_LOC = Option(("--keep-loc",), "keep the product's original placement instead of centring it", action="store_true")
+MIX_CAPTION = Option(("--mix-caption",), "prefix each product's caption to the prompt", action="store_true")
+
+# --- the scorer: RFNet and its depth and saliency models
+RFNET = Option(
+    ("--rfnet",),
+    "RFNet: tiny | paper (random-weight presets) | a checkpoint folder; refresh also takes 'fixed-rate:P', a "
+    "benchmark-only scorer accepting a known fraction P",
+    default="tiny",
+)
+THRESHOLD = Option(
+    ("--threshold",), "accept when P(Available) >= T (default: the checkpoint's)", type=float, metavar="T"
+)
+DEPTH = Option(("--depth",), "depth model: tiny | paper | a transformers depth-estimation folder", default="tiny")
+SALIENCY = Option(("--saliency",), "saliency model: tiny | paper | a saliency checkpoint folder", default="tiny")
+
+# --- where it runs
+RAY_ADDRESS = Option(("--ray-address", "--address"), "Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+STRATEGY = Option(("--strategy",), "Ray Train strategy", default="ddp", choices=("ddp", "deepspeed"))
+ZERO_STAGE = Option(
+    ("--zero-stage",), "DeepSpeed ZeRO stage (with --strategy deepspeed; train-rfnet takes 0-2)", default=2, type=int
+)
+WORKERS = Option(("--workers",), "Ray Train workers", default=2, type=int)
+GPU = Option(("--gpu",), "one GPU per Ray Train worker", action="store_true")
+
+
 def add_generator_args(p: argparse.ArgumentParser) -> None:
+    """The generator's and the conditioning's options (refresh, generate)."""
     g = p.add_argument_group("generator")
-    g.add_argument(
-        "--base-model",
-        default="tiny",
-        help="tiny | sd15 (random-weight presets) | diffusers folder | single-file .safetensors (default: tiny)",
-    )
-    g.add_argument(
-        "--controlnet",
-        default=None,
-        help="diffusers ControlNet folder (needed with a real base model; e.g. an RFFT output)",
-    )
-    g.add_argument(
-        "--base-config",
-        default=None,
-        help="for a single-file checkpoint: a diffusers SD 1.5 folder with its configs and tokenizer",
-    )
-    g.add_argument("--lora", default=None, help="LoRA .safetensors file to fuse")
-    g.add_argument("--lora-scale", type=float, default=0.8, help="LoRA strength (default 0.8; 0 = no effect)")
-    g.add_argument(
-        "--scheduler",
-        default="ddim",
-        help=f"{' | '.join(SCHEDULERS)} (also 'Euler a', 'DPM++ SDE Karras'; default ddim)",
-    )
-    g.add_argument("--size", type=int, default=None, help="canvas side in px (default 128 for tiny, else 512)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default 10 for tiny, else 40)")
-    g.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default 7.5)")
-    g.add_argument("--conditioning-scale", type=float, default=1.0, help="ControlNet scale (default 1.0)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    g.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=("fp32", "bf16", "fp16"),
-        help="weight precision on GPU (CPU is always fp32)",
-    )
+    for option in (
+        BASE_MODEL,
+        CONTROLNET,
+        BASE_CONFIG,
+        LORA,
+        LORA_SCALE,
+        SCHEDULER,
+        SIZE,
+        STEPS,
+        GUIDANCE_SCALE,
+        CONDITIONING_SCALE,
+        DEVICE,
+        DTYPE,
+    ):
+        option.add(g)
     c = p.add_argument_group("conditioning")
-    c.add_argument("--prompts", default=None, help="prompt config JSON in the authors' format (default: bundled)")
-    c.add_argument("--keep-loc", action="store_true", help="keep the product's original placement instead of centring")
-    c.add_argument("--mix-caption", action="store_true", help="prefix each product's caption to the prompt")
-    c.add_argument(
-        "--seed", type=int, default=0, help="run seed; every image's seed derives from (seed, sku, attempt)"
-    )
+    for option in (PROMPTS, KEEP_LOC, MIX_CAPTION, SEED):
+        option.add(c)
 
 
-def generator_config(args: argparse.Namespace) -> GeneratorConfig:
-    defaults = PRESET_DEFAULTS.get(args.base_model, REAL_DEFAULTS)
-    return GeneratorConfig(
-        base_model=args.base_model,
-        controlnet=args.controlnet,
-        base_config=args.base_config,
-        lora=args.lora,
-        lora_scale=args.lora_scale,
-        scheduler=args.scheduler,
-        size=args.size or defaults["size"],
-        steps=args.steps or defaults["steps"],
-        guidance_scale=args.guidance,
-        conditioning_scale=args.conditioning_scale,
-        device=args.device,
-        dtype=args.dtype,
-    )
+def generator_config(args: argparse.Namespace, **fields: Any) -> GeneratorConfig:
+    """The ``GeneratorConfig`` of the options :func:`add_generator_args` added (``fields`` override)."""
+    values = {
+        "controlnet": args.controlnet,
+        "base_config": getattr(args, "base_config", None),
+        "lora": getattr(args, "lora", None),
+        "lora_scale": getattr(args, "lora_scale", _G.lora_scale),
+        "scheduler": getattr(args, "scheduler", _G.scheduler),
+        "guidance_scale": args.guidance_scale,
+        "conditioning_scale": getattr(args, "conditioning_scale", _G.conditioning_scale),
+        "device": getattr(args, "device", _G.device),
+        "dtype": getattr(args, "dtype", _G.dtype),
+        **fields,
+    }
+    return GeneratorConfig.for_model(args.base_model, size=args.size, steps=args.steps, **values)
 
 
 def conditioning_config(args: argparse.Namespace, size: int) -> ConditioningConfig:

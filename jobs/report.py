@@ -12,23 +12,24 @@ import logging
 import sys
 
 from engine.report_config import ReportConfig
-from jobs.args import job_parser
+from jobs.args import add, job_parser
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = job_parser("adloop report", __doc__)
-    p.add_argument("output", metavar="OUT", help="a refresh's output root (local path or fsspec URI)")
+    add(p, "output", metavar="OUT", help="a refresh's output root (local path or fsspec URI)")
     d = ReportConfig()
-    p.add_argument("--gallery", type=int, default=d.gallery, help=f"accepted SKUs shown (default {d.gallery})")
-    p.add_argument("--review", type=int, default=d.review, help=f"needs_review SKUs shown (default {d.review})")
-    p.add_argument(
+    add(p, "--gallery", type=int, default=d.gallery, help=f"accepted SKUs shown (default {d.gallery})")
+    add(p, "--review", type=int, default=d.review, help=f"needs_review SKUs shown (default {d.review})")
+    add(
+        p,
         "--candidates-per-sku",
         type=int,
         default=d.candidates_per_sku,
         help=f"candidates shown per review SKU (default {d.candidates_per_sku})",
     )
-    p.add_argument("--failed", type=int, default=d.failed, help=f"failed SKUs listed (default {d.failed})")
-    p.add_argument("--thumb-px", type=int, default=d.thumb_px, help=f"thumbnail side in px (default {d.thumb_px})")
+    add(p, "--failed", type=int, default=d.failed, help=f"failed SKUs listed (default {d.failed})")
+    add(p, "--thumb-px", type=int, default=d.thumb_px, help=f"thumbnail side in px (default {d.thumb_px})")
     return p.parse_args(argv)
 
 

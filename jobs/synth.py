@@ -1,4 +1,4 @@
-"""``adloop synth rf1m --n N --out DIR --seed S``: write a synthetic RF1M-format dataset with programmatic defects.
+"""``adloop synth rf1m --n N --output DIR --seed S``: write a synthetic RF1M-format dataset with programmatic defects.
 
 See ``rfnet/synth.py`` for how each label is produced.
 """
@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
-from jobs.args import HelpFormatter, job_parser
+from jobs import args as opts
+from jobs.args import HelpFormatter, add, job_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,22 +21,25 @@ def main(argv: list[str] | None = None) -> int:
         help="RF1M layout: generated/, product/, depth/, saliency/, label.txt, caption.txt",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--n", type=int, required=True, help="number of generated images")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="everything is a pure function of the seed")
-    p.add_argument("--size", type=int, default=64, help="image side in px")
-    p.add_argument("--images-per-product", type=int, default=4, help="images (scenes) per product")
-    p.add_argument("--available-rate", type=float, default=0.55, help="share of Available among good cutouts")
+    add(p, "--n", type=int, required=True, help="number of generated images")
+    opts.OUTPUT.add(p, required=True)
+    opts.SEED.add(p)
+    add(p, "--render-size", type=int, default=64, help="side in px of the rendered images [old spelling: --size]")
+    add(p, "--images-per-product", type=int, default=4, help="images (scenes) per product")
+    add(p, "--available-rate", type=float, default=0.55, help="share of Available among good cutouts")
+    argv = list(argv if argv is not None else sys.argv[1:])
+    # --size was this job's image side until this release; the generator's --size is the canvas side.
+    argv = ["--render-size" if a == "--size" else a for a in argv]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from rfnet.synth import generate_rf1m
 
     counts = generate_rf1m(
-        args.out, args.n, seed=args.seed, size=args.size,
+        args.output, args.n, seed=args.seed, size=args.render_size,
         images_per_product=args.images_per_product, available_rate=args.available_rate,
     )  # fmt: skip
-    print(json.dumps({"out": args.out, "counts": counts}))
+    print(json.dumps({"out": args.output, "counts": counts}))
     return 0
 
 

@@ -2,13 +2,13 @@
 
 Examples::
 
-    adloop synth rf1m --n 2000 --out data/synth --seed 0
-    python -m jobs.train_rfnet --data data/synth --out runs/rfnet --strategy deepspeed --zero-stage 2 --workers 2
-    ray job submit --working-dir . -- python -m jobs.train_rfnet --data /abs/data/synth --out /abs/runs/rfnet
+    adloop synth rf1m --n 2000 --output data/synth --seed 0
+    python -m jobs.train_rfnet --data data/synth --output runs/rfnet --strategy deepspeed --zero-stage 2 --workers 2
+    ray job submit --working-dir . -- python -m jobs.train_rfnet --data /abs/data/synth --output /abs/runs/rfnet
 
 Without ``RAY_ADDRESS`` a local Ray starts; under ``ray job submit`` the job joins that cluster. Running the
-same command again (same ``--out`` and ``--name``) resumes from the last checkpoint. Writes
-``<out>/rfnet/`` (checkpoint folder for ``rfnet.load`` / ``rfnet.Scorer``) and ``<out>/metrics.json``.
+same command again (same ``--output`` and ``--name``) resumes from the last checkpoint. Writes
+``<output>/rfnet/`` (checkpoint folder for ``rfnet.load`` / ``rfnet.Scorer``) and ``<output>/metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,37 +18,37 @@ import json
 import logging
 import sys
 
-from jobs.args import job_parser
+from jobs import args as opts
+from jobs.args import add, job_parser
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
 
 
 def _parser() -> argparse.ArgumentParser:
     p = job_parser("adloop train-rfnet", __doc__)
-    p.add_argument("--data", required=True, help="RF1M folder or .parquet/.jsonl manifest")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, rfnet/, metrics.json)")
-    p.add_argument("--name", default="rfnet", help="run name; same --out and --name resumes")
-    p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
-    p.add_argument("--image-size", type=int, help="override the preset's image size in px (default: the preset's)")
-    p.add_argument("--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
-    p.add_argument("--image-encoder", help="local transformers ResNet folder to start from")
-    p.add_argument("--text-encoder", help="local transformers RoBERTa folder to start from")
-    p.add_argument("--tokenizer", help="local tokenizer folder (default: the preset's)")
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"], help="Ray Train strategy")
-    p.add_argument("--zero-stage", type=int, default=2, help="DeepSpeed ZeRO stage (0-2)")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs reserved per worker (also its torch thread count)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="training precision")
-    p.add_argument("--epochs", type=int, default=10, help="epochs; the lr drops 10x halfway")
-    p.add_argument("--batch-size", type=int, default=32, help="per worker")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate before the drop")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--maps", default="dataset", choices=["dataset", "compute"], help="depth/saliency source")
-    p.add_argument("--depth", default="tiny", help="depth model for --maps compute")
-    p.add_argument("--saliency", default="tiny", help="saliency model for --maps compute")
-    p.add_argument("--max-steps-per-epoch", type=int, help="cap on optimizer steps per epoch (default: no cap)")
-    p.add_argument("--max-failures", type=int, default=0, help="worker failures Ray Train retries from a checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
+    add(p, "--data", required=True, help="RF1M folder or .parquet/.jsonl manifest")
+    opts.OUTPUT.add(p, required=True)
+    add(p, "--name", default="rfnet", help="run name; the same --output and --name resume")
+    add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
+    add(p, "--image-size", type=int, help="override the preset's image size in px (default: the preset's)")
+    add(p, "--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
+    add(p, "--image-encoder", help="local transformers ResNet folder to start from")
+    add(p, "--text-encoder", help="local transformers RoBERTa folder to start from")
+    add(p, "--tokenizer", help="local tokenizer folder (default: the preset's)")
+    for option in (opts.STRATEGY, opts.ZERO_STAGE, opts.WORKERS):
+        option.add(p)
+    add(p, "--cpus-per-worker", type=int, default=1, help="CPUs reserved per worker (also its torch thread count)")
+    opts.GPU.add(p)
+    opts.DTYPE.add(p)
+    add(p, "--epochs", type=int, default=10, help="epochs; the lr drops 10x halfway")
+    add(p, "--batch-size", type=int, default=32, help="training examples per worker per step")
+    add(p, "--lr", type=float, default=1e-4, help="AdamW learning rate before the drop")
+    add(p, "--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    add(p, "--maps", default="dataset", choices=("dataset", "compute"), help="depth/saliency source")
+    opts.DEPTH.add(p)
+    opts.SALIENCY.add(p)
+    add(p, "--max-steps-per-epoch", type=int, help="cap on optimizer steps per epoch (default: no cap)")
+    add(p, "--max-failures", type=int, default=0, help="worker failures Ray Train retries from a checkpoint")
+    opts.SEED.add(p)
     return p
 
 
@@ -66,7 +66,7 @@ def config_from_args(args: argparse.Namespace):
     if args.tokenizer:
         changes["tokenizer"] = args.tokenizer
     return TrainConfig(
-        data=args.data, output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
+        data=args.data, output=args.output, name=args.name, model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.gpu, dtype=args.dtype, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, maps=args.maps, depth=args.depth, saliency=args.saliency,
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adloop train-rfnet: {e}", file=sys.stderr)
         return 2
     test = metrics["test"]
-    print(json.dumps({k: test[k] for k in ("n", "ap", "precision", "recall", "f1", "accuracy")} | {"out": args.out}))
+    print(
+        json.dumps({k: test[k] for k in ("n", "ap", "precision", "recall", "f1", "accuracy")} | {"out": args.output})
+    )
     return 0
 
 

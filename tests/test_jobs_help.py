@@ -42,13 +42,14 @@ from jobs import cli
 from jobs.args import HelpFormatter
 
 parsers = []
-original = argparse.ArgumentParser.parse_args
+original = argparse.ArgumentParser.parse_known_args
 
 def capture(self, args=None, namespace=None):
-    parsers.append(self)
+    if all(p is not self for p in parsers):
+        parsers.append(self)
     return original(self, args, namespace)
 
-argparse.ArgumentParser.parse_args = capture
+argparse.ArgumentParser.parse_known_args = capture
 
 def options(parser):
     out = []
