@@ -17,7 +17,7 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, generator_config, job_parser
+from jobs.args import add, generator_config, job_parser, parse
 
 logger = logging.getLogger("adloop.eval_generator")
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run Recurrent Generation up to this many attempts (0 = no) [old spelling: --max-attempts]",
     )
     opts.OUTPUT.add(p)
-    args, rest = p.parse_known_args(argv)
+    args, rest = parse(p, argv, known=True)
     # The old spelling of --measure-attempts; it is not an alias because refresh's --max-attempts is a budget.
     if rest[:1] == ["--max-attempts"] and len(rest) >= 2:
         args.measure_attempts, rest = int(rest[1]), rest[2:]

@@ -15,7 +15,14 @@ import sys
 import time
 
 from jobs import args as opts
-from jobs.args import add_generator_args, conditioning_config, generator_config, job_parser
+from jobs.args import (
+    add_generator_args,
+    conditioning_config,
+    generator_config,
+    job_parser,
+    parse,
+    write_resolved_config,
+)
 
 logger = logging.getLogger("adloop.generate")
 
@@ -27,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.GEN_BATCH_SIZE.add(p)
     opts.LIMIT.add(p)
     add_generator_args(p)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     cond_cfg = conditioning_config(args, gen_cfg.size)
     policy = PromptPolicy(templates=load_prompt_config(args.prompts), run_seed=args.seed)
     os.makedirs(os.path.join(args.output, "images"), exist_ok=True)
+    write_resolved_config(args, args.output)
     stage = GenerateStage(gen_cfg)
     batch_size = args.gen_batch_size or (8 if stage.device.type == "cuda" else 4)
     models = describe(gen_cfg)

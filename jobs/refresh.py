@@ -15,7 +15,15 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, add_generator_args, conditioning_config, generator_config, job_parser
+from jobs.args import (
+    add,
+    add_generator_args,
+    conditioning_config,
+    generator_config,
+    job_parser,
+    parse,
+    write_resolved_config,
+)
 
 # The engine (Ray, diffusers, pyarrow) is imported only once the arguments are parsed, so --help is instant.
 
@@ -50,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "committed yet, up to this many times (0 = fail the job)",
     )
     add(p, "--no-progress", action="store_true", help="no live progress bar")
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def build_config(args: argparse.Namespace):
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build_config(args)
+        write_resolved_config(args, args.output)
         init_ray(address=args.ray_address, num_cpus=args.num_cpus)
         summary = run_refresh(cfg)
     except (SourceError, ResourceError, PromptConfigError, ValueError) as err:

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from engine.report_config import ReportConfig
-from jobs.args import add, job_parser
+from jobs.args import add, job_parser, parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add(p, "--failed", type=int, default=d.failed, help=f"failed SKUs listed (default {d.failed})")
     add(p, "--thumb-px", type=int, default=d.thumb_px, help=f"thumbnail side in px (default {d.thumb_px})")
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

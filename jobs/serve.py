@@ -19,7 +19,7 @@ import sys
 import time
 
 from jobs import args as opts
-from jobs.args import add, job_parser
+from jobs.args import add, job_parser, parse
 
 logger = logging.getLogger("adloop.serve")
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(p, "--max-pixels", type=int, default=2048 * 2048, help="largest image, w x h")
     opts.RAY_ADDRESS.add(p)
     argv = [_OLD_SPELLINGS.get(a, a) for a in (argv if argv is not None else sys.argv[1:])]
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def serve_args(args: argparse.Namespace) -> dict:

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import HelpFormatter, add, job_parser
+from jobs.args import HelpFormatter, add, job_parser, parse, write_resolved_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         help="RF1M layout: generated/, product/, depth/, saliency/, label.txt, caption.txt",
         formatter_class=HelpFormatter,
     )
+    opts.CONFIG.add(p)
     add(p, "--n", type=int, required=True, help="number of generated images")
     opts.OUTPUT.add(p, required=True)
     opts.SEED.add(p)
@@ -30,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     # --size was this job's image side until this release; the generator's --size is the canvas side.
     argv = ["--render-size" if a == "--size" else a for a in argv]
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from rfnet.synth import generate_rf1m
+
+    write_resolved_config(args, args.output)
 
     counts = generate_rf1m(
         args.output, args.n, seed=args.seed, size=args.render_size,

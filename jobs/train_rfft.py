@@ -27,7 +27,7 @@ import sys
 import time
 
 from jobs import args as opts
-from jobs.args import add, generator_config, job_parser
+from jobs.args import add, generator_config, job_parser, parse, write_resolved_config
 from rfft.config import REGULARISERS, REWARDS, RFFTConfig
 
 _R = RFFTConfig  # its class attributes are the field defaults
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FIELD=VALUE",
         help="any other RFFTConfig field (JSON value), e.g. --set lr=1e-4 --set grad_accum=2",
     )
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     return _old_steps_spelling(args, list(argv if argv is not None else sys.argv[1:]))
 
 
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
+    write_resolved_config(args, out)
 
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig

@@ -19,7 +19,7 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser
+from jobs.args import add, job_parser, parse, write_resolved_config
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
 
 
@@ -75,11 +75,12 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from rfnet.data import DatasetError
     from rfnet.train import fit
 
+    write_resolved_config(args, args.output)
     try:
         metrics = fit(config_from_args(args))
     except DatasetError as e:
