@@ -1,6 +1,6 @@
 """Refresh throughput on 1 Ray node versus 3 Ray nodes with the same total CPUs, and recovery from a node kill.
 
-Both clusters run on this machine (cluster/local_cluster.py), so the ratio isolates what Ray costs when the
+Both clusters run on this machine (tests/cluster/local_cluster.py), so the ratio isolates what Ray costs when the
 same pools are spread over several raylets and object stores (cross-node object transfers, remote
 scheduling) instead of one; it says nothing about network bandwidth between real machines.
 
@@ -57,7 +57,7 @@ def _kill_a_pool_node(cluster, out: Path, record: dict) -> None:
 def main() -> None:
     import ray
 
-    from cluster.local_cluster import LocalCluster
+    from tests.cluster.local_cluster import LocalCluster
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skus", type=int, default=42)

@@ -58,7 +58,7 @@ def write_products(out: str, n_train: int, n_eval: int, seed: int, size: int) ->
 def calibrate_threshold(rfnet: str, out: str, target_precision: float, seed: int, n: int = 1200) -> dict:
     """The P(Available) threshold reaching ``target_precision`` on Available, on a fresh synthetic set.
 
-    paper-notes section 8, item 2: production gates on a threshold calibrated for precision on a held-out
+    docs/paper.md §8, Q2: production gates on a threshold calibrated for precision on a held-out
     labelled set, not on 0.5. The set is drawn with a seed neither RFNet nor the RFFT products used.
     """
     import numpy as np
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "--train-products", train, "--eval-products", held_out, "--output", run_out,
                 "--rfnet", args.rfnet, "--regulariser", reg, "--beta", str(args.beta),
-                "--steps", str(args.steps), "--workers", str(args.workers),
-                "--size", str(args.size), "--gen-steps", str(args.gen_steps),
+                "--max-steps", str(args.steps), "--workers", str(args.workers),
+                "--size", str(args.size), "--steps", str(args.gen_steps),
                 "--set", f"lr={args.lr}", "--set", f"batch_size={args.batch_size}",
                 "--set", f"grad_accum={args.grad_accum}", "--set", f"eval_every={args.eval_every}",
                 "--set", f"checkpoint_every={args.eval_every}", "--set", f"eval_seeds={args.eval_seeds}",

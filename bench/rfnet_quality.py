@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rfnet.config import MODALITIES, preset  # noqa: E402
 
-# Paper Table 2 (AP, from the digest; paper-notes section 6.3) and Table 1's ResNet-50 on I_g (section 3.4).
+# Paper Table 2 (AP; docs/paper.md §6.3) and Table 1's ResNet-50 on I_g (docs/paper.md §3.4).
 PAPER_AP = {
     "full": 87.58,
     "w/o product": 81.17,

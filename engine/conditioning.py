@@ -1,14 +1,16 @@
 """Product conditioning: what one attempt does to the product before and after the generator.
 
-This follows the authors' released sampler (DESIGN.md, "The generation path", steps 1-5 and 7):
+This follows the authors' released sampler (docs/design.md, "The generation path", steps 1-4 and 7):
 
-1. decode the cutout: RGBA, alpha is the product mask; RGB/JPEG, pure-white pixels are background;
-2. lay it out: crop to the mask's bounding box, scale its longer side to ``image_scale`` of the canvas
-   and centre it (``keep_loc`` keeps the original placement and only resizes);
+1. decode the cutout: RGBA, alpha is the product mask; RGB/JPEG, pixels with a channel at 255 are
+   background (the authors' white keying);
+2. lay it out with the authors' arithmetic: crop to the bounding box of alpha >= 128, fit its longer side
+   into ``image_scale`` of the canvas with integer sizes, resize with ``cv2.INTER_AREA`` and centre it
+   (``keep_loc`` keeps the original placement and only resizes);
 3. masks: the inpaint mask is the inverted product mask dilated by a square kernel (20x20 at 512 px,
    scaled with the canvas), so the model may repaint a thin band over the border; the paste-back mask
    is the undilated inverse, ``m = 1 - alpha / 255``;
-4. control image: canny edges (100/200) of the product with the background zeroed, three channels;
+4. control image: canny edges (100/200) of the product with the background (alpha < 128) zeroed, three channels;
 7. paste back: ``out = (1 - m) * product + m * generated``, so product pixels (alpha 255) come out
    bit-identical to the laid-out input.
 
@@ -121,35 +123,92 @@ def _to_rgba(img: Image.Image) -> np.ndarray:
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
     rgba = np.array(img.convert("RGBA"), dtype=np.uint8)
     if not has_alpha or rgba[..., 3].min() == 255:
-        # No (or a fully opaque) alpha channel: the authors treat pure-white pixels as background.
-        rgba[..., 3] = np.where((rgba[..., :3] == 255).all(axis=-1), 0, 255).astype(np.uint8)
+        rgba[..., 3] = white_key(rgba[..., :3])
     return rgba
+
+
+PRODUCT_ALPHA = 128
+"""A pixel belongs to the product when its alpha is at least this (the authors' ``alpha / 255 >= 0.5``)."""
+
+
+def product_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    """The product's bounding box ``(y1, y2, x1, x2)`` as the authors compute it, for the crop ``[y1:y2, x1:x2]``.
+
+    ``y1``/``x1`` are the first and ``y2``/``x2`` the last row and column holding a pixel with alpha >=
+    :data:`PRODUCT_ALPHA`, so the crop leaves out that last row and column, as theirs does. RFNet and the
+    released ControlNet were trained on layouts made this way, so we keep the off-by-one.
+
+    Raises:
+        ProductImageError: no pixel reaches the alpha cut, or the box is one pixel thin (reason too_small);
+            the authors fall back to the whole image there, which lays out a product too faint or thin to use.
+    """
+    mask = alpha >= PRODUCT_ALPHA
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ProductImageError("product", "too_small", f"no pixel with alpha >= {PRODUCT_ALPHA}")
+    y1, y2, x1, x2 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    if y1 == y2 or x1 == x2:
+        raise ProductImageError("product", "too_small", f"product bounding box {x2 - x1 + 1}x{y2 - y1 + 1}")
+    return y1, y2, x1, x2
+
+
+def fit_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """``(new_h, new_w)`` of an ``h x w`` crop fitted into ``max_side``, with the authors' integer arithmetic.
+
+    The longer side becomes ``min(max_side, int(max_side / short * long))`` (a float quotient can land a
+    hair under ``max_side``, and truncation then gives one pixel less, as in theirs); the shorter one is
+    ``int(new_long / long * short)``. Never below 1 px.
+    """
+    if h >= w:
+        new_h = min(max_side, int(max_side / w * h))
+        new_w = int(new_h / h * w)
+    else:
+        new_w = min(max_side, int(max_side / h * w))
+        new_h = int(new_w / w * h)
+    return max(1, new_h), max(1, new_w)
+
+
+def white_key(rgb: np.ndarray) -> np.ndarray:
+    """The product mask of an image on white, as the authors' ``white_img_add_mask`` makes it: 255 where no
+    channel is 255, else 0. A pixel with *any* channel at 255 (pure white, but also a saturated red or a
+    clipped highlight) counts as background; RFNet and the released ControlNet saw masks made this way."""
+    return np.where((rgb == 255).any(axis=-1), 0, 255).astype(np.uint8)
 
 
 def layout(rgba: np.ndarray, cfg: ConditioningConfig, image_scale: float | None = None) -> np.ndarray:
     """Place the product on an empty (transparent) ``size x size`` canvas; returns (S, S, 4) uint8.
 
+    Centre mode reproduces the authors' ``golden_ratio_center_zoom``: crop to :func:`product_box`, fit the
+    crop into ``int(size * image_scale)`` with :func:`fit_size`, resize with ``cv2.INTER_AREA`` (on straight
+    RGBA), and place it at ``x = (size - new_w) // 2``, ``y = int(size // 2 - new_h / 2)``.
+
+    ``keep_loc`` resizes the whole image, as the authors' ``keep_loc`` does: ``INTER_AREA`` when shrinking,
+    ``INTER_LANCZOS4`` when enlarging. A square source becomes the canvas exactly as theirs does. Theirs
+    keeps a non-square source's aspect on a non-square canvas; ours is square, so the longer side is fitted
+    to it and the image centred (docs/design.md, "The generation path").
+
     Raises:
-        ProductImageError: the product's bounding box is smaller than ``cfg.min_side`` (reason too_small).
+        ProductImageError: the product is too faint or thin to lay out (reason too_small).
     """
     size = cfg.size
     scale_to = image_scale if image_scale is not None else cfg.image_scale
-    if cfg.keep_loc:
-        crop = rgba
-        target = size  # the whole source image, product where it was, fitted to the canvas
-    else:
-        ys, xs = np.nonzero(rgba[..., 3])
-        crop = rgba[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-        target = scale_to * size
-    h, w = crop.shape[:2]
-    if not cfg.keep_loc and min(h, w) < 2:
-        raise ProductImageError("product", "too_small", f"product bounding box {w}x{h}")
-    scale = target / max(h, w)
-    new_w, new_h = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
-    resized = np.array(Image.fromarray(crop, "RGBA").resize((new_w, new_h), Image.Resampling.BILINEAR))
     canvas = np.zeros((size, size, 4), dtype=np.uint8)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = resized
+    if cfg.keep_loc:
+        h, w = rgba.shape[:2]
+        if h == w:
+            new_h = new_w = size
+        else:
+            new_h, new_w = fit_size(h, w, size)
+        interpolation = cv2.INTER_LANCZOS4 if new_w > w else cv2.INTER_AREA
+        resized = cv2.resize(np.ascontiguousarray(rgba), (new_w, new_h), interpolation=interpolation)
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+    else:
+        y1, y2, x1, x2 = product_box(rgba[..., 3])
+        crop = np.ascontiguousarray(rgba[y1:y2, x1:x2])
+        new_h, new_w = fit_size(*crop.shape[:2], int(size * scale_to))
+        resized = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        top, left = int(size // 2 - new_h / 2), max(0, (size - new_w) // 2)
+    canvas[top : top + new_h, left : left + new_w] = resized.reshape(new_h, new_w, 4)
     return canvas
 
 
@@ -168,7 +227,8 @@ def build_condition(product_rgba: np.ndarray, cfg: ConditioningConfig) -> Condit
     inpaint_mask = np.where(dilated >= 128, 255, 0).astype(np.uint8)
     a = alpha[..., None].astype(np.float32) / 255.0
     image = (a * rgb + (1.0 - a) * 255.0).round().astype(np.uint8)
-    product_on_black = np.where(alpha[..., None] > 0, rgb, 0).astype(np.uint8)
+    # The authors zero the background where alpha / 255 < 0.5, so a soft edge's faint fringe gives no edges.
+    product_on_black = np.where(alpha[..., None] >= PRODUCT_ALPHA, rgb, 0).astype(np.uint8)
     edges = cv2.Canny(product_on_black, cfg.canny_low, cfg.canny_high)
     control = np.repeat(edges[..., None], 3, axis=-1)
     return Condition(product_rgba=product_rgba, image=image, inpaint_mask=inpaint_mask, control=control)

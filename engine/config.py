@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 SCHEDULERS = ("ddim", "euler_a", "dpmpp_sde_karras")
 
+PRESET_SAMPLING = {"tiny": (128, 10), "toy": (128, 20)}
+"""Canvas side and denoising steps a preset runs at by default: the tiny preset is random and small, and only
+fast at small canvases and few steps; the toy generator was trained at a 128 px canvas. Any other model takes ``GeneratorConfig``'s own defaults (512, 40). Every
+job (refresh, generate, train-rfft, eval-generator) and ``RFFTConfig`` take their defaults from here, so a
+ControlNet fine-tuned at the default size is run at that size too."""
+
 
 @dataclass
 class GeneratorConfig:
@@ -40,6 +46,15 @@ class GeneratorConfig:
     dtype: str = "fp32"
     """Weight precision on GPU: ``fp32`` | ``bf16`` | ``fp16`` (CPU always runs fp32)."""
 
+    @classmethod
+    def for_model(
+        cls, base_model: str, size: int | None = None, steps: int | None = None, **fields
+    ) -> GeneratorConfig:
+        """A config for ``base_model`` whose unset ``size`` and ``steps`` are that model's defaults
+        (:data:`PRESET_SAMPLING` for presets, else this class's)."""
+        default_size, default_steps = PRESET_SAMPLING.get(base_model, (cls.size, cls.steps))
+        return cls(base_model=base_model, size=size or default_size, steps=steps or default_steps, **fields)
+
     def __post_init__(self) -> None:
         self.scheduler = normalise_scheduler(self.scheduler)
         if self.size <= 0 or self.size % 8:
@@ -69,7 +84,7 @@ def normalise_scheduler(name: str) -> str:
 
 @dataclass
 class ConditioningConfig:
-    """How a product cutout becomes the generator's inputs (DESIGN.md, generation path steps 1-5)."""
+    """How a product cutout becomes the generator's inputs (docs/design.md, "The generation path", steps 1-4)."""
 
     size: int = 512
     """Canvas side in pixels; equal to the generator's."""

@@ -34,6 +34,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from cluster.devices import resolve_device, resolve_dtype
+from cluster.paths import ModelPathError, checked_path
 from engine.config import GeneratorConfig
 from engine.tokenizer import build_tokenizer
 
@@ -153,28 +154,12 @@ def _preset_components(name: str) -> dict:
 # --- checking local paths --------------------------------------------------------------------------
 
 
-class ModelPathError(ValueError):
-    """A model path is missing or does not hold what was expected. The message names both."""
-
-
 def _require_dir_with(path: str, filename: str, what: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelPathError(f"{what} not found: {p} does not exist")
-    if not p.is_dir():
-        raise ModelPathError(f"{what} must be a folder (with {filename}), but {p} is a file")
-    if not (p / filename).is_file():
-        raise ModelPathError(f"{p} is not a {what}: expected {filename} inside it")
-    return p
+    return Path(checked_path(path, what, inside=filename))
 
 
 def _require_file(path: str, suffixes: tuple[str, ...], what: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelPathError(f"{what} not found: {p} does not exist")
-    if not p.is_file() or p.suffix.lower() not in suffixes:
-        raise ModelPathError(f"{what} must be a {'/'.join(suffixes)} file, got {p}")
-    return p
+    return Path(checked_path(path, what, suffixes=suffixes))
 
 
 def _check_controlnet(path: str) -> Path:
@@ -237,17 +222,17 @@ def checked_paths(cfg: GeneratorConfig) -> GeneratorConfig:
     """
     changes: dict[str, str] = {}
     if cfg.controlnet:
-        changes["controlnet"] = str(_check_controlnet(cfg.controlnet).resolve())
+        changes["controlnet"] = str(_check_controlnet(cfg.controlnet))
     if cfg.base_model not in PRESETS:
         base = _check_base(resolve_base(cfg.base_model))
         if not cfg.controlnet and not _own_controlnet(str(base)):
             raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
         if cfg.base_model not in FOLDER_PRESETS:  # a preset keeps its name (the model id in manifests)
-            changes["base_model"] = str(base.resolve())
+            changes["base_model"] = str(base)
     if cfg.base_config:
-        changes["base_config"] = str(_require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR).resolve())
+        changes["base_config"] = str(_require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR))
     if cfg.lora:
-        changes["lora"] = str(_require_file(cfg.lora, (".safetensors",), "LoRA file").resolve())
+        changes["lora"] = str(_require_file(cfg.lora, (".safetensors",), "LoRA file"))
     return dataclasses.replace(cfg, **changes)
 
 

@@ -1,17 +1,19 @@
-"""From a SKU record and an attempt number to the generator's inputs (the CPU side of an attempt).
+"""From a SKU record and attempt numbers to the generator's inputs (the CPU side of an attempt).
 
-``ConditionStage`` is the Ray-free callable Ray Data runs on CPU tasks; ``condition_row`` is the same
-work for one row, used by the plain loop of ``adloop generate`` and by tests.
+``candidate_inputs`` is the one builder of a candidate's inputs: the refresh's ``ConditionCandidates``
+stage, the plain loop of ``adloop generate``, RFFT's rollouts and evaluation (through ``condition_row``)
+and the tests all go through it, so an attempt's seed, prompt and conditions are the same everywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cluster.storage import read_bytes
-from engine.conditioning import ProductImageError, build_condition, decode_product, layout
+from engine.conditioning import Condition, ProductImageError, build_condition, decode_product, layout
 from engine.config import ConditioningConfig
 from engine.prompts import PromptTemplate, load_prompt_config, render_prompt, template_index
 from engine.seeds import attempt_seed
@@ -30,6 +32,57 @@ class PromptPolicy:
     """Prefix the product caption to the scene prompt."""
 
 
+def candidate_inputs(
+    sku_id: str,
+    image_bytes: bytes,
+    source: str,
+    attempts: Iterable[int],
+    cond: ConditioningConfig,
+    policy: PromptPolicy,
+    caption: str = "",
+    prompt_override: str = "",
+) -> list[dict]:
+    """Everything each of ``attempts`` of one SKU needs, one dict of columns per attempt, in order.
+
+    Attempt ``k`` gets the seed ``attempt_seed(policy.run_seed, sku_id, k)`` and the template the policy
+    rotates to; ``prompt_override`` (a manifest's ``prompt``) replaces the rendered prompt. The image is
+    decoded once and laid out once per distinct ``image_scale``; attempts sharing a scale share the
+    (read-only) condition arrays.
+
+    Raises:
+        ProductImageError: the image is unusable, named by ``source`` (the caller turns it into a failed row).
+    """
+    rgba = decode_product(image_bytes, source, cond)
+    first_seed = attempt_seed(policy.run_seed, sku_id, 1)
+    conditions: dict[float, Condition] = {}
+    rows = []
+    for attempt in attempts:
+        seed = attempt_seed(policy.run_seed, sku_id, attempt)
+        template = policy.templates[template_index(len(policy.templates), first_seed, attempt, policy.rotate_after)]
+        prompt, negative = render_prompt(template, seed, caption, policy.mix_caption)
+        if template.image_scale not in conditions:
+            try:
+                laid_out = layout(rgba, cond, template.image_scale)
+            except ProductImageError as err:
+                raise ProductImageError(source, err.reason, err.detail) from None
+            conditions[template.image_scale] = build_condition(laid_out, cond)
+        c = conditions[template.image_scale]
+        rows.append(
+            {
+                "sku_id": sku_id,
+                "attempt": attempt,
+                "seed": seed,
+                "prompt": prompt_override or prompt,
+                "negative_prompt": negative,
+                "product_rgba": c.product_rgba,
+                "image": c.image,
+                "inpaint_mask": c.inpaint_mask,
+                "control": c.control,
+            }
+        )
+    return rows
+
+
 def condition_row(
     sku_id: str,
     image_bytes: bytes,
@@ -40,34 +93,12 @@ def condition_row(
     caption: str = "",
     prompt_override: str = "",
 ) -> dict:
-    """Everything one attempt needs, as a dict of columns (one row).
+    """:func:`candidate_inputs` for a single attempt: one row.
 
     Raises:
         ProductImageError: the image is unusable (the caller turns it into a failed row).
     """
-    first_seed = attempt_seed(policy.run_seed, sku_id, 1)
-    seed = attempt_seed(policy.run_seed, sku_id, attempt)
-    template = policy.templates[template_index(len(policy.templates), first_seed, attempt, policy.rotate_after)]
-    prompt, negative = render_prompt(template, seed, caption, policy.mix_caption)
-    if prompt_override:
-        prompt = prompt_override
-    rgba = decode_product(image_bytes, source, cond)
-    try:
-        laid_out = layout(rgba, cond, template.image_scale)
-    except ProductImageError as err:
-        raise ProductImageError(source, err.reason, err.detail) from None
-    c = build_condition(laid_out, cond)
-    return {
-        "sku_id": sku_id,
-        "attempt": attempt,
-        "seed": seed,
-        "prompt": prompt,
-        "negative_prompt": negative,
-        "product_rgba": c.product_rgba,
-        "image": c.image,
-        "inpaint_mask": c.inpaint_mask,
-        "control": c.control,
-    }
+    return candidate_inputs(sku_id, image_bytes, source, [attempt], cond, policy, caption, prompt_override)[0]
 
 
 def read_image_bytes(uri: str) -> bytes:

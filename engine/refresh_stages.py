@@ -26,14 +26,13 @@ import numpy as np
 from PIL import Image
 
 from cluster.storage import join, read_bytes, write_bytes_atomic
-from engine.conditioning import ProductImageError, build_condition, decode_product, layout
+from engine.columns import encode_lists
+from engine.conditioning import ProductImageError
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.generate import GenerateStage
 from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, part_name, write_parquet_atomic
 from engine.paths import safe_name
-from engine.prepare import MissingImageError, PromptPolicy, read_image_bytes
-from engine.prompts import render_prompt, template_index
-from engine.seeds import attempt_seed
+from engine.prepare import CONDITION_COLUMNS, MissingImageError, PromptPolicy, candidate_inputs, read_image_bytes
 from engine.torch_thread import TorchThread
 
 # Columns of a pending row (all scalars). A plan row from the input has attempts_done 0, best_p -1.
@@ -93,28 +92,22 @@ class ConditionCandidates:
 
     def _fill(self, out: dict, prompts: list[str], negatives: list[str], i: int, batch: dict, row: int) -> None:
         sku, uri = str(batch["sku_id"][row]), str(batch["image_uri"][row])
-        rgba = decode_product(read_image_bytes(uri), uri, self.cond)
-        policy, templates = self.policy, self.policy.templates
-        first_seed = attempt_seed(policy.run_seed, sku, 1)
         done = int(batch["attempts_done"][row])
-        layouts: dict[float, np.ndarray] = {}
-        for j in range(self.m):
-            attempt = done + j + 1
-            seed = attempt_seed(policy.run_seed, sku, attempt)
-            template = templates[template_index(len(templates), first_seed, attempt, policy.rotate_after)]
-            prompt, negative = render_prompt(template, seed, str(batch["caption"][row]), policy.mix_caption)
-            if batch["prompt"][row]:
-                prompt = str(batch["prompt"][row])
-            if template.image_scale not in layouts:
-                try:
-                    layouts[template.image_scale] = layout(rgba, self.cond, template.image_scale)
-                except ProductImageError as err:
-                    raise ProductImageError(uri, err.reason, err.detail) from None
-            c = build_condition(layouts[template.image_scale], self.cond)
-            out["product_rgba"][i, j], out["image"][i, j] = c.product_rgba, c.image
-            out["inpaint_mask"][i, j], out["control"][i, j] = c.inpaint_mask, c.control
-            out["attempt"][i, j], out["seed"][i, j] = attempt, seed
-            prompts[j], negatives[j] = prompt, negative
+        rows = candidate_inputs(
+            sku,
+            read_image_bytes(uri),
+            uri,
+            range(done + 1, done + self.m + 1),
+            self.cond,
+            self.policy,
+            caption=str(batch["caption"][row]),
+            prompt_override=str(batch["prompt"][row] or ""),
+        )
+        for j, r in enumerate(rows):
+            for key in CONDITION_COLUMNS:
+                out[key][i, j] = r[key]
+            out["attempt"][i, j], out["seed"][i, j] = r["attempt"], r["seed"]
+            prompts[j], negatives[j] = r["prompt"], r["negative_prompt"]
 
 
 class GenerateCandidates:
@@ -287,11 +280,6 @@ class DecideAndWrite:
             "run_id": ctx.run_id,
             "finished_at": time.time(),
         }
-
-
-def encode_lists(rows) -> np.ndarray:
-    """(B, m) strings -> (B,) JSON strings, one list per row."""
-    return np.array([json.dumps([str(x) for x in row]) for row in rows], dtype=object).astype(str)
 
 
 def _scalar(value):

@@ -11,13 +11,13 @@ behaviour (attempts per accepted SKU ~ 1/P) can be checked against theory.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.refresh_stages import encode_lists
+from cluster.paths import ModelPathError, checked_path
+from engine.columns import encode_lists
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
 from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES
@@ -53,30 +53,22 @@ class ScorerConfig:
 
 def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, str, str]:
     """The RFNet checkpoint, depth model and saliency model: presets as they are, local folders checked
-    (without loading weights) and made absolute, for the reasons of ``engine.models.checked_paths``.
+    (without loading weights) and made absolute by ``cluster.paths.checked_path``.
 
     Raises:
         ModelPathError: a name that is neither a preset nor a folder holding that model.
     """
-    from engine.models import ModelPathError
-    from rfnet.checkpoint import read_meta
+    from rfnet.checkpoint import CONFIG_NAME, read_meta
 
     if rfnet not in PRESET_NAMES and not rfnet.startswith(FIXED_RATE_PREFIX):
         try:
-            read_meta(rfnet)
+            read_meta(rfnet)  # config.json, the weights file and the label set: its error names all three
         except FileNotFoundError as err:
             raise ModelPathError(str(err)) from None
-        rfnet = os.path.abspath(rfnet)
-    checked = []
-    for what, value in (("depth model", depth), ("saliency model", saliency)):
-        if value not in MAP_PRESET_NAMES:
-            if not os.path.isdir(value):
-                raise ModelPathError(
-                    f"{what} folder not found: {value} (expected one of {', '.join(MAP_PRESET_NAMES)} or a folder)"
-                )
-            value = os.path.abspath(value)
-        checked.append(value)
-    return rfnet, checked[0], checked[1]
+        rfnet = checked_path(rfnet, "RFNet checkpoint", inside=CONFIG_NAME)
+    depth = checked_path(depth, "depth model folder", presets=MAP_PRESET_NAMES, folder=True)
+    saliency = checked_path(saliency, "saliency model folder", presets=MAP_PRESET_NAMES, folder=True)
+    return rfnet, depth, saliency
 
 
 class FixedRateScorer:

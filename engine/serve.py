@@ -1,4 +1,4 @@
-"""The online scorer: RFNet behind Ray Serve, over HTTP/JSON (DESIGN.md, "Online scorer").
+"""The online scorer: RFNet behind Ray Serve, over HTTP/JSON (docs/design.md, "Online scorer").
 
 One deployment wraps the same ``rfnet.Scorer`` the batch job uses. Requests from different clients are
 merged into one model call with ``@serve.batch``; the threshold, the checkpoint and the batching knobs sit

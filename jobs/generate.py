@@ -14,45 +14,51 @@ import os
 import sys
 import time
 
-from PIL import Image
-from tqdm import tqdm
-
-from engine.conditioning import ProductImageError
-from engine.generate import GenerateStage
-from engine.models import describe
-from engine.paths import safe_name
-from engine.prepare import MissingImageError, PromptPolicy, condition_row, read_image_bytes, stack_rows
-from engine.prompts import load_prompt_config
-from engine.sources import iter_records
-from jobs.args import add_generator_args, conditioning_config, generator_config
+from jobs import args as opts
+from jobs.args import (
+    add_generator_args,
+    conditioning_config,
+    generator_config,
+    job_parser,
+    parse,
+    write_resolved_config,
+)
 
 logger = logging.getLogger("adloop.generate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--input",
-        required=True,
-        help="folder of product cutouts (SKU id = file stem) or a manifest (.parquet/.csv/.jsonl)",
-    )
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many SKUs")
+    p = job_parser("adloop generate", __doc__)
+    opts.INPUT.add(p, required=True)
+    opts.OUTPUT.add(p, required=True)
+    opts.GEN_BATCH_SIZE.add(p)
+    opts.LIMIT.add(p)
     add_generator_args(p)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    # Imported after parsing, so --help does not load torch and diffusers.
+    from PIL import Image
+    from tqdm import tqdm
+
+    from engine.conditioning import ProductImageError
+    from engine.generate import GenerateStage
+    from engine.models import describe
+    from engine.paths import safe_name
+    from engine.prepare import MissingImageError, PromptPolicy, condition_row, read_image_bytes, stack_rows
+    from engine.prompts import load_prompt_config
+    from engine.sources import iter_records
+
     gen_cfg = generator_config(args)
     cond_cfg = conditioning_config(args, gen_cfg.size)
     policy = PromptPolicy(templates=load_prompt_config(args.prompts), run_seed=args.seed)
     os.makedirs(os.path.join(args.output, "images"), exist_ok=True)
+    write_resolved_config(args, args.output)
     stage = GenerateStage(gen_cfg)
+    batch_size = args.gen_batch_size or (8 if stage.device.type == "cuda" else 4)
     models = describe(gen_cfg)
     counts = {"ok": 0, "failed": 0}
     start = time.perf_counter()
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.write(json.dumps({"sku_id": record.sku_id, "status": "failed", "error": str(err)}) + "\n")
                 counts["failed"] += 1
                 bar.update(1)
-            if len(pending) >= args.batch_size:
+            if len(pending) >= batch_size:
                 flush()
         flush()
     seconds = time.perf_counter() - start

@@ -14,73 +14,59 @@ import json
 import logging
 import sys
 
-from cluster.resources import ResourceConfig, ResourceError
-from cluster.runtime import init_ray
-from engine.pipeline import RefreshConfig, run_refresh
-from engine.prompts import PromptConfigError
-from engine.score import ScorerConfig
-from engine.sources import SourceError
-from jobs.args import add_generator_args, conditioning_config, generator_config
+from jobs import args as opts
+from jobs.args import (
+    add,
+    add_generator_args,
+    conditioning_config,
+    generator_config,
+    job_parser,
+    parse,
+    write_resolved_config,
+)
+
+# The engine (Ray, diffusers, pyarrow) is imported only once the arguments are parsed, so --help is instant.
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop refresh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--input",
-        required=True,
-        help="folder of product cutouts (SKU id = file stem) or a manifest (.parquet/.csv/.jsonl); local or fsspec URI",
-    )
-    p.add_argument(
-        "--output", required=True, help="output root (local or fsspec URI); rerun with the same one to resume"
-    )
+    p = job_parser("adloop refresh", __doc__)
+    opts.INPUT.add(p, required=True)
+    opts.OUTPUT.add(p, required=True)
     add_generator_args(p)
     s = p.add_argument_group("scoring and the feedback loop")
-    s.add_argument(
-        "--rfnet",
-        default="tiny",
-        help="RFNet checkpoint folder or 'tiny' (default); 'fixed-rate:P' is a benchmark-only scorer accepting a known fraction P",
-    )
-    s.add_argument(
-        "--threshold", type=float, default=None, help="accept when P(Available) >= T (default: the checkpoint's)"
-    )
-    s.add_argument("--depth", default="tiny", help="depth model: tiny | toy | folder")
-    s.add_argument("--saliency", default="tiny", help="saliency model: tiny | toy | folder")
-    s.add_argument("--max-attempts", type=int, default=5, help="attempt budget per SKU (default 5)")
-    s.add_argument(
-        "--rotate-after",
-        type=int,
-        default=2,
-        help="next prompt template after this many failures (default 2; 0 = never)",
-    )
+    for option in (opts.RFNET, opts.THRESHOLD, opts.DEPTH, opts.SALIENCY):
+        option.add(s)
+    add(s, "--max-attempts", type=int, default=5, help="attempt budget per SKU")
+    add(s, "--rotate-after", type=int, default=2, help="next prompt template after this many failures (0 = never)")
     r = p.add_argument_group("resources (default: derived from the cluster)")
-    r.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    r.add_argument("--generators", type=int, default=None, help="generation actors")
-    r.add_argument("--scorers", type=int, default=None, help="scoring actors")
-    r.add_argument(
-        "--gpus-per-generator", type=float, default=None, help="GPUs per generation actor (fractions allowed)"
-    )
-    r.add_argument("--gpus-per-scorer", type=float, default=None, help="GPUs per scoring actor (fractions allowed)")
-    r.add_argument("--cpus-per-generator", type=float, default=None)
-    r.add_argument("--cpus-per-scorer", type=float, default=None)
-    r.add_argument(
-        "--gen-batch-size", type=int, default=None, help="images per generator call (default 8 on GPU, 4 on CPU)"
-    )
-    r.add_argument("--score-batch-size", type=int, default=16, help="candidates per scorer call (default 16)")
-    r.add_argument(
+    opts.RAY_ADDRESS.add(r)
+    add(r, "--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    add(r, "--generators", type=int, help="generation actors")
+    add(r, "--scorers", type=int, help="scoring actors")
+    add(r, "--gpus-per-generator", type=float, help="GPUs per generation actor (fractions allowed)")
+    add(r, "--gpus-per-scorer", type=float, help="GPUs per scoring actor (fractions allowed)")
+    add(r, "--cpus-per-generator", type=float, help="CPUs per generation actor")
+    add(r, "--cpus-per-scorer", type=float, help="CPUs per scoring actor")
+    opts.GEN_BATCH_SIZE.add(r)
+    add(r, "--score-batch-size", type=int, default=16, help="candidates per scorer call")
+    add(
+        r,
         "--round-retries",
         type=int,
         default=3,
         help="rerun a round that fails for a cluster reason (lost node, actor or object) over its SKUs not "
-        "committed yet, up to this many times (default 3; 0 = fail the job)",
+        "committed yet, up to this many times (0 = fail the job)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    return p.parse_args(argv)
+    add(p, "--no-progress", action="store_true", help="no live progress bar")
+    return parse(p, argv)
 
 
-def build_config(args: argparse.Namespace) -> RefreshConfig:
+def build_config(args: argparse.Namespace):
+    """The job's ``engine.pipeline.RefreshConfig`` from its parsed arguments."""
+    from cluster.resources import ResourceConfig
+    from engine.pipeline import RefreshConfig
+    from engine.score import ScorerConfig
+
     gen = generator_config(args)
     return RefreshConfig(
         input=args.input,
@@ -113,9 +99,16 @@ def build_config(args: argparse.Namespace) -> RefreshConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from cluster.resources import ResourceError
+    from cluster.runtime import init_ray
+    from engine.pipeline import run_refresh
+    from engine.prompts import PromptConfigError
+    from engine.sources import SourceError
+
     try:
         cfg = build_config(args)
-        init_ray(address=args.address, num_cpus=args.num_cpus)
+        write_resolved_config(args, args.output)
+        init_ray(address=args.ray_address, num_cpus=args.num_cpus)
         summary = run_refresh(cfg)
     except (SourceError, ResourceError, PromptConfigError, ValueError) as err:
         print(f"adloop refresh: error: {err}", file=sys.stderr)

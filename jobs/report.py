@@ -11,32 +11,34 @@ import argparse
 import logging
 import sys
 
-from cluster.storage import exists, join
-from engine.report import ReportConfig, write_report
+from engine.report_config import ReportConfig
+from jobs.args import add, job_parser, parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("output", metavar="OUT", help="a refresh's output root (local path or fsspec URI)")
+    p = job_parser("adloop report", __doc__)
+    add(p, "output", metavar="OUT", help="a refresh's output root (local path or fsspec URI)")
     d = ReportConfig()
-    p.add_argument("--gallery", type=int, default=d.gallery, help=f"accepted SKUs shown (default {d.gallery})")
-    p.add_argument("--review", type=int, default=d.review, help=f"needs_review SKUs shown (default {d.review})")
-    p.add_argument(
+    add(p, "--gallery", type=int, default=d.gallery, help=f"accepted SKUs shown (default {d.gallery})")
+    add(p, "--review", type=int, default=d.review, help=f"needs_review SKUs shown (default {d.review})")
+    add(
+        p,
         "--candidates-per-sku",
         type=int,
         default=d.candidates_per_sku,
         help=f"candidates shown per review SKU (default {d.candidates_per_sku})",
     )
-    p.add_argument("--failed", type=int, default=d.failed, help=f"failed SKUs listed (default {d.failed})")
-    p.add_argument("--thumb-px", type=int, default=d.thumb_px, help=f"thumbnail side in px (default {d.thumb_px})")
-    return p.parse_args(argv)
+    add(p, "--failed", type=int, default=d.failed, help=f"failed SKUs listed (default {d.failed})")
+    add(p, "--thumb-px", type=int, default=d.thumb_px, help=f"thumbnail side in px (default {d.thumb_px})")
+    return parse(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from cluster.storage import exists, join
+    from engine.report import write_report
+
     if not exists(join(args.output, "results")):
         print(f"adloop report: error: {args.output} has no results/ (is it a refresh output?)", file=sys.stderr)
         return 2

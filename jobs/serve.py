@@ -15,40 +15,51 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import time
+
+from jobs import args as opts
+from jobs.args import add, job_parser, parse
 
 logger = logging.getLogger("adloop.serve")
 
 
+# Old spellings of this job, kept for one release: refresh's --num-cpus is the local Ray's CPUs, not a replica's.
+_OLD_SPELLINGS = {"--num-cpus": "--cpus-per-replica", "--num-gpus": "--gpus-per-replica"}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder, or tiny/paper presets (default tiny)")
-    p.add_argument("--threshold", type=float, default=None, help="P(Available) threshold (default: the checkpoint's)")
-    p.add_argument("--depth", default="tiny", help="depth model: tiny | toy | paper | transformers folder")
-    p.add_argument("--saliency", default="tiny", help="saliency model: tiny | toy | paper | saliency folder")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--token-file", default=None, help="file with the bearer token clients must send")
-    p.add_argument(
+    p = job_parser("adloop serve", __doc__)
+    for option in (opts.RFNET, opts.THRESHOLD, opts.DEPTH, opts.SALIENCY, opts.DEVICE):
+        option.add(p)
+    add(p, "--host", default="127.0.0.1", help="HTTP bind address")
+    add(p, "--port", type=int, default=8000, help="HTTP port")
+    add(p, "--token-file", help="file with the bearer token clients must send (default: no token)")
+    add(
+        p,
         "--allow-uri-root",
         action="append",
         default=[],
         metavar="URI",
         help="fsspec URI prefix images may be read from (repeatable; default: URIs refused)",
     )
-    p.add_argument("--max-batch-size", type=int, default=16, help="requests per model call (default 16)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="wait for a fuller batch, ms (default 10)")
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=1)
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (default 0; 1 on GPU nodes)")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body, MiB (default 32)")
-    p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest image, w x h (default 2048^2)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else local)")
-    return p.parse_args(argv)
+    add(p, "--max-batch-size", type=int, default=16, help="requests per model call")
+    add(p, "--batch-wait-ms", type=float, default=10.0, help="wait for a fuller batch, ms")
+    add(p, "--min-replicas", type=int, default=1, help="fewest replicas the autoscaler keeps")
+    add(p, "--max-replicas", type=int, default=1, help="most replicas the autoscaler starts")
+    add(p, "--cpus-per-replica", type=float, default=1.0, help="CPUs per replica [old spelling: --num-cpus]")
+    add(
+        p,
+        "--gpus-per-replica",
+        type=float,
+        default=0.0,
+        help="GPUs per replica (1 on GPU nodes) [old spelling: --num-gpus]",
+    )
+    add(p, "--max-body-mb", type=float, default=32.0, help="largest request body, MiB")
+    add(p, "--max-pixels", type=int, default=2048 * 2048, help="largest image, w x h")
+    opts.RAY_ADDRESS.add(p)
+    argv = [_OLD_SPELLINGS.get(a, a) for a in (argv if argv is not None else sys.argv[1:])]
+    return parse(p, argv)
 
 
 def serve_args(args: argparse.Namespace) -> dict:
@@ -65,8 +76,8 @@ def serve_args(args: argparse.Namespace) -> dict:
         "batch_wait_timeout_s": args.batch_wait_ms / 1000.0,
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
-        "num_cpus": args.num_cpus,
-        "num_gpus": args.num_gpus,
+        "num_cpus": args.cpus_per_replica,
+        "num_gpus": args.gpus_per_replica,
         "max_body_bytes": int(args.max_body_mb * 1024 * 1024),
         "max_pixels": args.max_pixels,
     }

@@ -1,48 +1,69 @@
-"""``adloop synth rf1m --n N --out DIR --seed S``: write a synthetic RF1M-format dataset with programmatic defects.
+"""``adloop synth rf1m|scenes --n N --output DIR --seed S``: write synthetic data sets.
 
-See ``rfnet/synth.py`` for how each label is produced.
+- ``rf1m``: an RF1M-format dataset with programmatic defects (see ``rfnet/synth.py`` for each label);
+- ``scenes``: the toy generator's training scenes (``toy/scenes.py``), Parquet shards + ``scenes.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import sys
+
+from jobs import args as opts
+from jobs.args import HelpFormatter, add, job_parser, parse, write_resolved_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adloop synth", description=__doc__)
+    parser = job_parser("adloop synth", __doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
-    p = sub.add_parser("rf1m", help="RF1M layout: generated/, product/, depth/, saliency/, label.txt, caption.txt")
-    p.add_argument("--n", type=int, required=True, help="number of generated images")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="everything is a pure function of the seed")
-    p.add_argument("--size", type=int, default=64, help="image side in px")
-    p.add_argument("--images-per-product", type=int, default=4, help="images (scenes) per product")
-    p.add_argument("--available-rate", type=float, default=0.55, help="share of Available among good cutouts")
-    s = sub.add_parser("scenes", help="training scenes of the toy generator: Parquet shards + scenes.json")
-    s.add_argument("--n", type=int, required=True, help="number of scenes (one product each)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--seed", type=int, default=0, help="everything is a pure function of the seed (default 0)")
-    s.add_argument("--size", type=int, default=128, help="canvas side in px (default 128)")
-    s.add_argument("--prompts", default=None, help="prompt config JSON in the authors' format (default: bundled)")
-    args = parser.parse_args(argv)
+    p = sub.add_parser(
+        "rf1m",
+        help="RF1M layout: generated/, product/, depth/, saliency/, label.txt, caption.txt",
+        formatter_class=HelpFormatter,
+    )
+    opts.CONFIG.add(p)
+    add(p, "--n", type=int, required=True, help="number of generated images")
+    opts.OUTPUT.add(p, required=True)
+    opts.SEED.add(p)
+    add(p, "--render-size", type=int, default=64, help="side in px of the rendered images [old spelling: --size]")
+    add(p, "--images-per-product", type=int, default=4, help="images (scenes) per product")
+    add(p, "--available-rate", type=float, default=0.55, help="share of Available among good cutouts")
+    s = sub.add_parser(
+        "scenes",
+        help="training scenes of the toy generator: Parquet shards + scenes.json",
+        formatter_class=HelpFormatter,
+    )
+    opts.CONFIG.add(s)
+    add(s, "--n", type=int, required=True, help="number of scenes (one product each)")
+    opts.OUTPUT.add(s, required=True)
+    opts.SEED.add(s)
+    add(s, "--render-size", type=int, default=128, help="canvas side in px of the scenes")
+    opts.PROMPTS.add(s)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if argv[:1] == ["rf1m"]:
+        # --size was this job's image side until this release; the generator's --size is the canvas side.
+        argv = ["--render-size" if a == "--size" else a for a in argv]
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     if args.kind == "scenes":
         from toy.scenes import write_scenes
 
-        counts = write_scenes(args.out, args.n, seed=args.seed, size=args.size, prompts=args.prompts)
-        print(json.dumps({"out": args.out, "counts": counts}))
+        write_resolved_config(args, args.output)
+        counts = write_scenes(args.output, args.n, seed=args.seed, size=args.render_size, prompts=args.prompts)
+        print(json.dumps({"out": args.output, "counts": counts}))
         return 0
 
     from rfnet.synth import generate_rf1m
 
+    write_resolved_config(args, args.output)
+
     counts = generate_rf1m(
-        args.out, args.n, seed=args.seed, size=args.size,
+        args.output, args.n, seed=args.seed, size=args.render_size,
         images_per_product=args.images_per_product, available_rate=args.available_rate,
     )  # fmt: skip
-    print(json.dumps({"out": args.out, "counts": counts}))
+    print(json.dumps({"out": args.output, "counts": counts}))
     return 0
 
 

@@ -3,7 +3,7 @@
 An SD 1.5-shaped pipeline (VAE, CLIP text encoder, UNet, ControlNet-canny) learns the synthetic world, in
 the standard stages (VAE; UNet + text encoder; ControlNet), each under Ray Train (DDP or DeepSpeed)::
 
-    adloop synth scenes --n 4000 --out data/scenes --seed 0 --size 128
+    adloop synth scenes --n 4000 --output data/scenes --seed 0
     adloop train-generator --data data/scenes --output runs/toy-generator
     adloop refresh --base-model runs/toy-generator/pipeline --input ... --output ...
 
@@ -19,82 +19,51 @@ import json
 import logging
 import sys
 
+from jobs import args as opts
+from jobs.args import add, job_parser, parse
+
 
 def _parser() -> argparse.ArgumentParser:
-    from toy.train_generator import STAGES, GeneratorTrainConfig
+    from toy.config import STAGES, GeneratorTrainConfig
 
     d = GeneratorTrainConfig(data="", output="")
-    p = argparse.ArgumentParser(
-        prog="adloop train-generator",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--data", required=True, help="scene set folder (adloop synth scenes)")
-    p.add_argument("--output", required=True, help="output folder (ray/, components/, pipeline/, train_log.json)")
-    p.add_argument(
-        "--name", default=d.name, help=f"run-name prefix; same --output and --name resumes (default {d.name})"
-    )
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list, in order (default {','.join(STAGES)})")
+    p = job_parser("adloop train-generator", __doc__)
+    opts.DATA.add(p, required=True)
+    opts.OUTPUT.add(p, required=True)
+    opts.RUN_NAME.add(p, recipe_default=d.name)
+    add(p, "--stages", default=",".join(STAGES), help="comma list of stages to run, in recipe order")
     for stage in STAGES:
-        default = d.steps_of(stage)
-        p.add_argument(
-            f"--{stage}-steps", type=int, default=default, help=f"optimizer steps of stage {stage} (default {default})"
-        )
-    p.add_argument(
-        "--vae-batch-size",
-        type=int,
-        default=d.vae_batch_size,
-        help=f"VAE batch per worker (default {d.vae_batch_size})",
-    )
-    p.add_argument(
-        "--vae-crop",
-        type=int,
-        default=d.vae_crop,
-        help=f"VAE training crop side, 0 = whole images (default {d.vae_crop})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help=f"UNet/ControlNet batch per worker (default {d.batch_size})",
-    )
-    p.add_argument("--vae-lr", type=float, default=d.vae_lr, help=f"VAE learning rate (default {d.vae_lr:g})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"UNet/ControlNet learning rate (default {d.lr:g})")
-    p.add_argument(
-        "--prompt-dropout",
-        type=float,
-        default=d.prompt_dropout,
-        help=f"share of unconditional prompts (default {d.prompt_dropout:g})",
-    )
-    p.add_argument("--strategy", default=d.strategy, choices=["ddp", "deepspeed"], help=f"(default {d.strategy})")
-    p.add_argument(
-        "--zero-stage", type=int, default=d.zero_stage, help=f"DeepSpeed ZeRO stage 0-2 (default {d.zero_stage})"
-    )
-    p.add_argument("--workers", type=int, default=d.num_workers, help=f"Ray Train workers (default {d.num_workers})")
-    p.add_argument("--cpus-per-worker", type=int, default=d.cpus_per_worker, help=f"(default {d.cpus_per_worker})")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    p.add_argument(
-        "--log-every", type=int, default=d.log_every, help=f"steps per loss-curve point (default {d.log_every})"
-    )
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"(default {d.checkpoint_every})")
+        add(p, f"--{stage}-steps", type=int, default=d.steps_of(stage), help=f"optimizer steps of stage {stage}")
+    add(p, "--vae-batch-size", type=int, default=d.vae_batch_size, help="VAE crops per worker per step")
+    add(p, "--vae-crop", type=int, default=d.vae_crop, help="side of the VAE's training crops (0 = whole images)")
+    opts.BATCH_SIZE.add(p, recipe_default=f"{d.batch_size}, for the UNet and ControlNet stages")
+    add(p, "--vae-lr", type=float, default=d.vae_lr, help="AdamW learning rate of the VAE stage")
+    opts.LR.add(p, recipe_default=f"{d.lr:g}, for the UNet and ControlNet stages")
+    add(p, "--prompt-dropout", type=float, default=d.prompt_dropout, help="share of unconditional prompts")
+    for option in (opts.STRATEGY, opts.ZERO_STAGE, opts.WORKERS, opts.CPUS_PER_WORKER, opts.GPU, opts.SEED):
+        option.add(p)
+    add(p, "--log-every", type=int, default=d.log_every, help="steps per loss-curve point")
+    add(p, "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from toy.config import GeneratorTrainConfig
     from toy.scenes import SceneSetError
-    from toy.train_generator import GeneratorTrainConfig, fit
+    from toy.train_generator import fit
 
+    recipe = {"name": args.name, "batch_size": args.batch_size, "lr": args.lr}
     try:
         cfg = GeneratorTrainConfig(
-            data=args.data, output=args.output, name=args.name, stages=tuple(s for s in args.stages.split(",") if s),
+            data=args.data, output=args.output, stages=tuple(s for s in args.stages.split(",") if s),
             vae_steps=args.vae_steps, unet_steps=args.unet_steps, controlnet_steps=args.controlnet_steps,
-            vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, batch_size=args.batch_size, vae_lr=args.vae_lr, lr=args.lr,
+            vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, vae_lr=args.vae_lr,
             prompt_dropout=args.prompt_dropout, strategy=args.strategy, zero_stage=args.zero_stage,
             num_workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, seed=args.seed,
             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+            **{k: v for k, v in recipe.items() if v is not None},
         )  # fmt: skip
         log = fit(cfg)
     except (SceneSetError, ValueError, FileNotFoundError) as e:

@@ -1,7 +1,7 @@
 """``adloop train-rfft``: reward fine-tuning of the ControlNet with RFNet feedback (Ray Train).
 
     adloop train-rfft --train-products DIR_OR_MANIFEST --eval-products DIR_OR_MANIFEST \\
-        --rfnet RFNET_CHECKPOINT --output OUT [--regulariser cc|kl|none] [--beta 1] [--steps 100] \\
+        --rfnet RFNET_CHECKPOINT --output OUT [--regulariser cc|kl|none] [--beta 1] [--max-steps 100] \\
         [--strategy ddp|deepspeed --zero-stage 2] [--workers 2] [--set field=value ...]
 
 Writes under OUT:
@@ -26,49 +26,75 @@ import shutil
 import sys
 import time
 
-from engine.config import GeneratorConfig
-from rfft.config import RFFTConfig
+from jobs import args as opts
+from jobs.args import add, generator_config, job_parser, parse, write_resolved_config
+from rfft.config import REGULARISERS, REWARDS, RFFTConfig
+
+_R = RFFTConfig  # its class attributes are the field defaults
 
 logger = logging.getLogger("adloop.train_rfft")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="adloop train-rfft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = job_parser("adloop train-rfft", __doc__)
+    add(p, "--train-products", required=True, help="folder of product cutouts or a manifest")
+    add(p, "--eval-products", help="held-out products (default: no evaluation)")
+    add(p, "--limit-train", type=int, help="use at most this many training products (default: all)")
+    add(p, "--limit-eval", type=int, help="use at most this many held-out products (default: all)")
+    opts.OUTPUT.add(p, required=True)
+    for option in (opts.RFNET, opts.THRESHOLD, opts.DEPTH, opts.SALIENCY):
+        option.add(p)
+    add(
+        p,
+        "--reward",
+        default=_R.reward,
+        choices=REWARDS,
+        help="rfnet: log P(Available); brightness: a toy for smoke tests",
     )
-    p.add_argument("--train-products", required=True, help="folder of product cutouts or a manifest")
-    p.add_argument("--eval-products", default=None, help="held-out products (default: no evaluation)")
-    p.add_argument("--limit-train", type=int, default=None, help="use at most this many training products")
-    p.add_argument("--limit-eval", type=int, default=None, help="use at most this many held-out products")
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--rfnet", default="tiny", help="RFNet checkpoint folder: the reward and the judge")
-    p.add_argument(
-        "--threshold", type=float, default=None, help="the judge's P(Available) threshold (default: checkpoint's)"
+    add(
+        p,
+        "--regulariser",
+        default=_R.regulariser,
+        choices=REGULARISERS,
+        help="cc: Consistent Condition; kl: distance to the reference prediction; none: plain reward feedback",
     )
-    p.add_argument("--depth", default="tiny", help="depth model for RFNet (tiny | toy | paper | folder)")
-    p.add_argument("--saliency", default="tiny", help="saliency model for RFNet (tiny | toy | paper | folder)")
-    p.add_argument("--reward", default="rfnet", choices=("rfnet", "brightness"))
-    p.add_argument("--regulariser", default="cc", choices=("cc", "kl", "none"))
-    p.add_argument("--beta", type=float, default=1.0, help="regulariser weight (default 1)")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
-    p.add_argument("--strategy", default="ddp", choices=("ddp", "deepspeed"))
-    p.add_argument("--zero-stage", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    g = p.add_argument_group("generator")
-    g.add_argument("--base-model", default="tiny")
-    g.add_argument("--controlnet", default=None, help="starting ControlNet folder (default: the preset's)")
-    g.add_argument("--size", type=int, default=64)
-    g.add_argument("--gen-steps", type=int, default=10, help="denoising steps of rollouts and evaluation")
-    g.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument(
+    add(p, "--beta", type=float, default=_R.beta, help="regulariser weight")
+    add(p, "--max-steps", type=int, help=f"optimizer steps in total, across resumes (default: {_R.max_steps})")
+    for option in (opts.STRATEGY, opts.ZERO_STAGE, opts.WORKERS, opts.GPU):
+        option.add(p)
+    g = p.add_argument_group("generator (rollouts and evaluation)")
+    for option in (opts.BASE_MODEL, opts.CONTROLNET, opts.SIZE, opts.STEPS, opts.GUIDANCE_SCALE):
+        option.add(g)
+    add(
+        p,
         "--set",
         action="append",
         default=[],
         metavar="FIELD=VALUE",
         help="any other RFFTConfig field (JSON value), e.g. --set lr=1e-4 --set grad_accum=2",
     )
-    return p.parse_args(argv)
+    args = parse(p, argv)
+    return _old_steps_spelling(args, list(argv if argv is not None else sys.argv[1:]))
+
+
+def _old_steps_spelling(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """Until this release --steps meant optimizer steps here and --gen-steps denoising steps; now --steps
+    means denoising steps as in every job, and --max-steps optimizer steps. A command line written the old
+    way (--gen-steps given, which --steps now aliases) still means what it meant."""
+    given = [a.split("=")[0] for a in argv]
+    if "--gen-steps" in given and "--steps" in given and "--max-steps" not in given:
+        position = {flag: max(i for i, a in enumerate(given) if a == flag) for flag in ("--steps", "--gen-steps")}
+        old_steps = argv[position["--steps"]].partition("=")[2] or argv[position["--steps"] + 1]
+        old_gen = argv[position["--gen-steps"]].partition("=")[2] or argv[position["--gen-steps"] + 1]
+        args.max_steps, args.steps = int(old_steps), int(old_gen)
+        print("adloop train-rfft: note: --steps N --gen-steps M is now --max-steps N --steps M", file=sys.stderr)
+    elif "--steps" in given and "--max-steps" not in given:
+        print(
+            "adloop train-rfft: note: --steps now means denoising steps (as in every job); "
+            "optimizer steps are --max-steps",
+            file=sys.stderr,
+        )
+    return args
 
 
 def build_config(args: argparse.Namespace) -> RFFTConfig:
@@ -76,14 +102,7 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
     from engine.score import checked_scorer_paths
 
     fields: dict = {
-        "generator": GeneratorConfig(
-            base_model=args.base_model,
-            controlnet=args.controlnet,
-            size=args.size,
-            steps=args.gen_steps,
-            guidance_scale=args.guidance_scale,
-            device="cuda" if args.gpu else "cpu",
-        ),
+        "generator": generator_config(args, device="cuda" if args.gpu else "cpu"),
         "reward": args.reward,
         "rfnet_checkpoint": args.rfnet,
         "threshold": args.threshold,
@@ -91,7 +110,7 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
         "saliency": args.saliency,
         "regulariser": args.regulariser,
         "beta": args.beta,
-        "max_steps": args.steps,
+        "max_steps": args.max_steps or _R.max_steps,
         "strategy": args.strategy,
         "zero_stage": args.zero_stage,
         "num_workers": args.workers,
@@ -111,7 +130,7 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
         args.rfnet, args.depth, args.saliency
     )
     if "grad_window" not in fields:
-        fields["grad_window"] = min(10, args.gen_steps)
+        fields["grad_window"] = min(_R.grad_window, fields["generator"].steps)
     return RFFTConfig.from_dict(fields)
 
 
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
+    write_resolved_config(args, out)
 
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig

@@ -2,13 +2,13 @@
 
 Examples::
 
-    adloop synth rf1m --n 2000 --out data/synth --seed 0
-    python -m jobs.train_rfnet --data data/synth --out runs/rfnet --strategy deepspeed --zero-stage 2 --workers 2
-    ray job submit --working-dir . -- python -m jobs.train_rfnet --data /abs/data/synth --out /abs/runs/rfnet
+    adloop synth rf1m --n 2000 --output data/synth --seed 0
+    python -m jobs.train_rfnet --data data/synth --output runs/rfnet --strategy deepspeed --zero-stage 2 --workers 2
+    ray job submit --working-dir . -- python -m jobs.train_rfnet --data /abs/data/synth --output /abs/runs/rfnet
 
 Without ``RAY_ADDRESS`` a local Ray starts; under ``ray job submit`` the job joins that cluster. Running the
-same command again (same ``--out`` and ``--name``) resumes from the last checkpoint. Writes
-``<out>/rfnet/`` (checkpoint folder for ``rfnet.load`` / ``rfnet.Scorer``) and ``<out>/metrics.json``.
+same command again (same ``--output`` and ``--name``) resumes from the last checkpoint. Writes
+``<output>/rfnet/`` (checkpoint folder for ``rfnet.load`` / ``rfnet.Scorer``) and ``<output>/metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,40 +18,40 @@ import json
 import logging
 import sys
 
+from jobs import args as opts
+from jobs.args import add, job_parser, parse, write_resolved_config
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
+
+# The recipe's defaults (rfnet.train.TrainConfig, which imports torch), shown in --help; None takes the config's.
+_RECIPE = {"name": "rfnet", "epochs": 10, "batch_size": 32, "lr": 1e-4}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="adloop train-rfnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--data", required=True, help="RF1M folder or .parquet/.jsonl manifest")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, rfnet/, metrics.json)")
-    p.add_argument("--name", default="rfnet", help="run name; same --out and --name resumes")
-    p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
-    p.add_argument("--image-size", type=int, help="override the preset's image size")
-    p.add_argument("--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
-    p.add_argument("--image-encoder", help="local transformers ResNet folder to start from")
-    p.add_argument("--text-encoder", help="local transformers RoBERTa folder to start from")
-    p.add_argument("--tokenizer", help="local tokenizer folder (default: the preset's)")
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "deepspeed"])
-    p.add_argument("--zero-stage", type=int, default=2, help="DeepSpeed ZeRO stage (0-2)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cpus-per-worker", type=int, default=1)
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32, help="per worker")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--maps", default="dataset", choices=["dataset", "compute"], help="depth/saliency source")
-    p.add_argument("--depth", default="tiny", help="depth model for --maps compute (tiny | toy | paper | folder)")
-    p.add_argument(
-        "--saliency", default="tiny", help="saliency model for --maps compute (tiny | toy | paper | folder)"
-    )
-    p.add_argument("--max-steps-per-epoch", type=int)
-    p.add_argument("--max-failures", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p = job_parser("adloop train-rfnet", __doc__)
+    opts.DATA.add(p, required=True)
+    opts.OUTPUT.add(p, required=True)
+    opts.RUN_NAME.add(p, recipe_default=_RECIPE["name"])
+    add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
+    opts.IMAGE_SIZE.add(p, recipe_default="the preset's")
+    add(p, "--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
+    add(p, "--image-encoder", help="local transformers ResNet folder to start from")
+    add(p, "--text-encoder", help="local transformers RoBERTa folder to start from")
+    add(p, "--tokenizer", help="local tokenizer folder (default: the preset's)")
+    for option in (opts.STRATEGY, opts.ZERO_STAGE, opts.WORKERS):
+        option.add(p)
+    opts.CPUS_PER_WORKER.add(p)
+    opts.GPU.add(p)
+    opts.DTYPE.add(p)
+    opts.EPOCHS.add(p, recipe_default=f"{_RECIPE['epochs']}; the lr drops 10x halfway")
+    opts.BATCH_SIZE.add(p, recipe_default=_RECIPE["batch_size"])
+    opts.LR.add(p, recipe_default=f"{_RECIPE['lr']:g}, before the drop")
+    add(p, "--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    add(p, "--maps", default="dataset", choices=("dataset", "compute"), help="depth/saliency source")
+    opts.DEPTH.add(p)
+    opts.SALIENCY.add(p)
+    opts.MAX_STEPS_PER_EPOCH.add(p)
+    add(p, "--max-failures", type=int, default=0, help="worker failures Ray Train retries from a checkpoint")
+    opts.SEED.add(p)
     return p
 
 
@@ -68,28 +68,32 @@ def config_from_args(args: argparse.Namespace):
         changes["text_encoder_path"] = args.text_encoder
     if args.tokenizer:
         changes["tokenizer"] = args.tokenizer
+    recipe = {"name": args.name, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     return TrainConfig(
-        data=args.data, output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
+        data=args.data, output=args.output, model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-        use_gpu=args.gpu, dtype=args.dtype, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, maps=args.maps, depth=args.depth, saliency=args.saliency,
-        max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures, seed=args.seed,
+        use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, maps=args.maps, depth=args.depth,
+        saliency=args.saliency, max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures,
+        seed=args.seed, **{k: v for k, v in recipe.items() if v is not None},
     )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse(_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from rfnet.data import DatasetError
     from rfnet.train import fit
 
+    write_resolved_config(args, args.output)
     try:
         metrics = fit(config_from_args(args))
     except DatasetError as e:
         print(f"adloop train-rfnet: {e}", file=sys.stderr)
         return 2
     test = metrics["test"]
-    print(json.dumps({k: test[k] for k in ("n", "ap", "precision", "recall", "f1", "accuracy")} | {"out": args.out}))
+    print(
+        json.dumps({k: test[k] for k in ("n", "ap", "precision", "recall", "f1", "accuracy")} | {"out": args.output})
+    )
     return 0
 
 

@@ -6,19 +6,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.configs import from_dict
 from engine.config import GeneratorConfig
-from rfft.losses import REGULARISERS
 
+# Declared here rather than in rfft.losses, so the job's parser can name them without importing torch.
+REGULARISERS = ("cc", "kl", "none")
 STRATEGIES = ("ddp", "deepspeed")
 REWARDS = ("rfnet", "brightness")
 
 
 @dataclass
 class RFFTConfig:
-    """A reward fine-tuning run of the ControlNet (paper section 5; defaults from section 5.4 where known)."""
+    """A reward fine-tuning run of the ControlNet (docs/paper.md §5; defaults from §5.4 where known)."""
 
     # --- generator (what is sampled and fine-tuned) ---
-    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(base_model="tiny", size=64, steps=10))
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig.for_model("tiny"))
     """The pipeline, exactly as the engine builds it. ``generator.controlnet`` is the starting ControlNet
     (``None``: the preset's own); ``steps`` and ``guidance_scale`` are those of the training rollouts."""
     grad_window: int = 10
@@ -87,7 +89,7 @@ class RFFTConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig(**self.generator)
+            self.generator = from_dict(GeneratorConfig, self.generator)
         if self.regulariser not in REGULARISERS:
             raise ValueError(f"regulariser must be one of {REGULARISERS}, got {self.regulariser!r}")
         if self.strategy not in STRATEGIES:
@@ -113,11 +115,9 @@ class RFFTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RFFTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown RFFT config keys: {sorted(unknown)}")
-        return cls(**d)
+        """The config from plain data, ``generator`` included (``cluster.configs.from_dict``: unknown keys
+        are refused at every level)."""
+        return from_dict(cls, d)
 
     def deepspeed_config(self) -> dict[str, Any]:
         """The DeepSpeed config for this run: batch arithmetic, clipping and ZeRO stage from the fields above."""

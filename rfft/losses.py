@@ -2,13 +2,13 @@
 
     F_total = F_AC + beta * R
 
-- ``F_AC = -mean_i log P_RFNet(Available | x0_i, ...)`` (paper section 5.2): the cross-entropy of RFNet's
+- ``F_AC = -mean_i log P_RFNet(Available | x0_i, ...)`` (docs/paper.md §5.2): the cross-entropy of RFNet's
   softmax against the one-hot "Available" label, on the decoded x0 prediction of the graded step.
   In code it is ``-mean(reward)`` where the reward is ``log P(Available)`` (:mod:`rfft.rewards`), so any
   differentiable reward plugs in the same way.
 - ``R`` is one of (``RFFTConfig.regulariser``):
 
-  - ``"cc"``, the Consistent Condition (paper section 5.3, the author's code form): the element-wise
+  - ``"cc"``, the Consistent Condition (docs/paper.md §5.3, the author's code form): the element-wise
     mean of ``((eps_text - eps_uncond) - (ref_text - ref_uncond)) ** 2``, the gap classifier-free guidance
     reads off the two CFG halves, trainable minus frozen reference, at the same ``x_t``;
   - ``"kl"``, the DPOK-style bound on the KL to the reference, on both CFG halves: the element-wise mean
@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-REGULARISERS = ("cc", "kl", "none")
+from rfft.config import REGULARISERS
+
 AVAILABLE = 0
 """Index of "Available" in ``rfnet.LABELS``."""
 

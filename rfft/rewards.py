@@ -32,8 +32,8 @@ class RFNetReward:
     """``log P(Available)`` from a frozen RFNet, through RFNet's shared preprocessing.
 
     Depth and saliency are recomputed from the decoded image by RFNet's own (frozen, no-grad) estimators,
-    so the gradient reaches the image only through RFNet's generated-image branch (paper-notes section 8,
-    item 7).
+    so the gradient reaches the image only through RFNet's generated-image branch (docs/paper.md
+    §8, Q7).
     """
 
     def __init__(self, checkpoint: str, device: torch.device | str, depth: str = "tiny", saliency: str = "tiny"):

@@ -1,4 +1,4 @@
-"""The RFFT recipe: reward fine-tuning of the ControlNet under Ray Train (paper section 5).
+"""The RFFT recipe: reward fine-tuning of the ControlNet under Ray Train (docs/paper.md §5).
 
 One file, read top to bottom: ``train_loop_per_worker(config)`` is setup -> loop -> evaluate -> report.
 Each micro-step (:func:`train_step`):

@@ -10,16 +10,34 @@ Public API (the engine, the online scorer and RFFT depend on these names)::
     load_depth, load_saliency           # the auxiliary-modality models (tiny/paper/toy presets or local folders)
 
 Training lives in ``rfnet.train`` and ``rfnet.maps_train`` (the depth and saliency models; both import ray)
-and is not imported here.
+and is not imported here. The names that need torch are loaded on first use, so importing ``rfnet.config``
+(a job's parser does) stays instant.
 """
 
-from rfnet.checkpoint import build, load, save
+import importlib
+
 from rfnet.config import LABELS, MODALITIES, RFNetConfig, preset
-from rfnet.depth import load_depth
-from rfnet.model import RFNet
-from rfnet.preprocess import Preprocess
-from rfnet.saliency import load_saliency
-from rfnet.scorer import Scorer, ScoreResult
+
+_LAZY = {
+    "build": "rfnet.checkpoint",
+    "load": "rfnet.checkpoint",
+    "save": "rfnet.checkpoint",
+    "load_depth": "rfnet.depth",
+    "RFNet": "rfnet.model",
+    "Preprocess": "rfnet.preprocess",
+    "load_saliency": "rfnet.saliency",
+    "Scorer": "rfnet.scorer",
+    "ScoreResult": "rfnet.scorer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rfnet' has no attribute {name!r}")
+
 
 __all__ = [
     "LABELS",

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.configs import from_dict
+
 LABELS: tuple[str, ...] = (
     "Available",
     "Unsuitable",
@@ -50,7 +52,7 @@ def _tiny_roberta() -> dict[str, Any]:
 
 @dataclass
 class RFNetConfig:
-    """Architecture of RFNet (paper section 3.2; open choices follow paper-notes section 8, Q3)."""
+    """Architecture of RFNet (docs/paper.md §3.2; open choices follow §8, Q3)."""
 
     image_size: int = 64
     """Side in pixels of the square every image modality is resized to (paper: 384)."""
@@ -81,8 +83,8 @@ class RFNetConfig:
     caption_in_fusion: bool = True
     """Also feed the caption tokens to the fusion layers, next to the FFM-filtered product tokens.
 
-    The digest's formula fuses only ``e_f``; on the synthetic set that variant never learned Size Mismatch
-    (which needs the caption's size class next to the scene's scale), so the default adds them.
+    The paper's formula (docs/paper.md §3.2) fuses only ``e_f``; on the synthetic set that variant never learned
+    Size Mismatch (which needs the caption's size class next to the scene's scale), so the default adds them.
     """
     modalities: tuple[str, ...] = MODALITIES
     """The inputs the model uses; drop names for the paper's Table 2 ablation."""
@@ -116,11 +118,8 @@ class RFNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RFNetConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown RFNetConfig fields {sorted(unknown)}")
-        return cls(**data)
+        """The config from plain data (``cluster.configs.from_dict``: unknown keys are refused)."""
+        return from_dict(cls, data)
 
     def replace(self, **changes: Any) -> RFNetConfig:
         return dataclasses.replace(self, **changes)

@@ -216,7 +216,7 @@ def read_dataset(uri: str) -> list[Example]:
 def split_by_product(
     examples: list[Example], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
 ) -> dict[str, list[Example]]:
-    """Split into ``train``/``val``/``test`` by product id, never by image (paper-notes section 8, Q5).
+    """Split into ``train``/``val``/``test`` by product id, never by image (docs/paper.md §8, Q5).
 
     A product's split is a hash of (seed, product id), so it is stable when the dataset grows.
     """

@@ -5,7 +5,7 @@
 (a small DPT trained by ``adloop train-maps`` on the synthetic scenes of ``rfnet.synth``, shipped in
 ``rfnet/assets/toy/depth``) or a local transformers folder (e.g. a downloaded ``Intel/dpt-hybrid-midas``;
 any ``AutoModelForDepthEstimation`` works). The wrapper maps (B, 3, H, W) float images in [0, 1] to
-(B, 1, H, W) maps in [0, 1], always without gradients: RFFT detaches depth (paper-notes section 8, Q7).
+(B, 1, H, W) maps in [0, 1], always without gradients: RFFT detaches depth (docs/paper.md §8, Q7).
 
 How the prediction becomes a [0, 1] map is a setting of the model folder: ``"minmax": false`` in its
 ``preprocessor_config.json`` clamps the prediction (a model trained to output the [0, 1] map itself, like

@@ -1,7 +1,7 @@
 """Evaluation metrics of RFNet (paper Table 1): P/R/F1/AP on Available, per-class F1, confusion matrix.
 
-Pure numpy, so tests can pin exact values. ``Available`` (index 0) is the positive class (paper-notes
-section 8, Q2); P/R/F1 use the decision rule ``P(Available) >= threshold``, per-class F1 and the
+Pure numpy, so tests can pin exact values. ``Available`` (index 0) is the positive class (docs/paper.md
+§8, Q2); P/R/F1 use the decision rule ``P(Available) >= threshold``, per-class F1 and the
 confusion matrix use the argmax over the six labels.
 """
 

@@ -1,10 +1,10 @@
 """RFNet: product cutout + generated ad + its depth and saliency + the caption -> six-way logits.
 
-The network follows the paper (section 3.2 of paper-notes):
+The network follows the paper (docs/paper.md §3.2):
 
 1. A ResNet trunk (``transformers.ResNetModel``) encodes each image modality into a grid of tokens,
    projected to ``width``, plus a learned position embedding and a learned per-modality embedding.
-   By default one trunk is shared by all four images (paper-notes section 8, Q3).
+   By default one trunk is shared by all four images (docs/paper.md §8, Q3).
 2. A RoBERTa encoder (``transformers.RobertaModel``) encodes the caption; its tokens are projected to ``width``.
 3. The Feature Filter Module: the product tokens query the caption,
    ``e_f = Conv(Conv(CrossAttn(Q=e_o, K=V=e_c)) * Conv(e_o)) + e_o`` (1x1 convs over tokens, i.e. Linear).

@@ -1,7 +1,7 @@
 """``Scorer``: the Ray-free RFNet inference object behind the engine's scoring stage and the online scorer.
 
 It loads a checkpoint, the depth model and the saliency model once, then for each batch computes depth
-and saliency of the generated images on the fly and runs RFNet (paper section 3.1's five inputs).
+and saliency of the generated images on the fly and runs RFNet (the five inputs of docs/paper.md §3.1).
 This module must not import ray (the layering test checks it), so a test can call it directly.
 """
 

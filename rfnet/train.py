@@ -8,8 +8,8 @@ One file, read top to bottom (torchtune's recipe shape):
   folder ``rfnet.load`` reads) and ``<output>/metrics.json`` (held-out test metrics).
 - ``train_loop_per_worker(config)``: setup -> resume -> loop (train, evaluate, checkpoint) -> test.
 
-The paper's schedule (section 3.3): cross-entropy over the six labels, lr 1e-4 divided by 10 halfway
-(epoch 5 of 10); AdamW (paper-notes section 8, Q4). Checkpoints go through Ray Train every epoch: each
+The paper's schedule (docs/paper.md §3.3): cross-entropy over the six labels, lr 1e-4 divided by 10 halfway
+(epoch 5 of 10); AdamW (docs/paper.md §8, Q4). Checkpoints go through Ray Train every epoch: each
 worker saves into a temporary folder, all workers meet at a barrier, then all report; Ray Train merges
 the folders (DeepSpeed writes one optimizer shard per rank). Running ``fit`` again with the same
 ``output`` and ``name`` resumes from the last checkpoint.
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cluster.configs import from_dict
+from cluster.paths import checked_path
 from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES, RFNetConfig, preset
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
-            self.model = RFNetConfig.from_dict(self.model)
+            self.model = from_dict(RFNetConfig, self.model)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.zero_stage not in (0, 1, 2):
@@ -123,7 +125,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{**d, "model": RFNetConfig.from_dict(d["model"]) if isinstance(d["model"], dict) else d["model"]})
+        """The config from plain data, ``model`` included (``cluster.configs.from_dict``: unknown keys are
+        refused at every level)."""
+        return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -173,12 +177,13 @@ def _datasets(splits: dict[str, list], cfg: TrainConfig) -> dict[str, Any]:
 
 
 def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its local data and model paths made absolute: Ray Train's workers do not run in the
-    caller's directory. Preset names (RFNet's for the model fields, the map models' for ``depth`` and
-    ``saliency``) and URIs pass unchanged."""
+    """``cfg`` with its local data and model paths made absolute (``cluster.paths.checked_path``): Ray Train's
+    workers do not run in the caller's directory. Preset names (RFNet's for the model fields, the map models'
+    for ``depth`` and ``saliency``), and paths this machine does not have (an fsspec URI, a folder only the
+    workers see), pass unchanged."""
 
     def absolute(path: str | None, presets: tuple[str, ...] = PRESET_NAMES) -> str | None:
-        return os.path.abspath(path) if path and path not in presets and os.path.exists(path) else path
+        return checked_path(path, "path", presets=presets, required=False) if path else path
 
     m = cfg.model
     model = m.replace(

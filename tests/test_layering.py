@@ -1,4 +1,4 @@
-"""The import layering DESIGN.md states, checked on the source (no imports executed).
+"""The import layering docs/design.md states, checked on the source (no imports executed).
 
     cluster  <-  rfnet  <-  engine  <-  toy, rfft  <-  jobs
 
@@ -34,6 +34,7 @@ RAY_FREE = [
     "engine/generate.py",
     "engine/prepare.py",
     "engine/refresh_stages.py",
+    "engine/columns.py",
     "engine/commit.py",
     "engine/torch_thread.py",
     "engine/score.py",
@@ -77,3 +78,14 @@ def test_imports_flow_one_way(package):
 def test_stage_modules_do_not_import_ray(relpath):
     path = ROOT / relpath
     assert "ray" not in _imported_top_levels(path), f"{relpath} imports ray"
+
+
+def test_the_scoring_stage_does_not_load_the_generator():
+    """Scoring actors import engine.score: it must not drag in diffusers (the generator) or ray."""
+    import subprocess
+    import sys
+
+    probe = "import sys, engine.score; print(sorted(m for m in ('diffusers', 'ray') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"engine.score imports {done.stdout.strip()}"

@@ -1,4 +1,4 @@
-"""The real jobs on a 3-node Ray cluster on this machine (cluster/local_cluster.py): pools spread across
+"""The real jobs on a 3-node Ray cluster on this machine (tests/cluster/local_cluster.py): pools spread across
 nodes, a worker node lost in the middle of a refresh and of RFNet training, ``ray job submit`` of both.
 
 One cluster serves the module: a head and two workers with 2 CPUs each (the driver attaches to the
@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from cluster.local_cluster import BIN, LocalCluster
 from engine.outputs import complete_parts
 from engine.samples import SAMPLES, SAMPLES_DIR
 from jobs import refresh
+from tests.cluster.local_cluster import BIN, LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--size", "32", "--steps", "2", "--no-progress"]

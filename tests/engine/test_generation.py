@@ -57,6 +57,7 @@ def test_output_columns_and_product_pixels_bit_identical(stage):
 
 
 def test_same_seed_same_image_different_seed_different(stage):
+    """Bit-identical: the project guarantees it for the same model, process and batch composition."""
     a = stage(_batch(1, seeds=[7]))["generated"]
     b = stage(_batch(1, seeds=[7]))["generated"]
     c = stage(_batch(1, seeds=[8]))["generated"]
@@ -86,18 +87,41 @@ def test_batch_of_n_equals_n_single_calls(stage):
         np.testing.assert_allclose(together[i], alone[0], atol=1e-4)
 
 
-def test_save_then_load_gives_identical_output(stage, tmp_path):
+def _assert_same_weights(a, b) -> None:
+    """Every component's state dict is equal, key for key and bit for bit."""
+    for name in ("unet", "controlnet", "vae", "text_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys(), name
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{name}.{key}"
+
+
+def _assert_within_one_level(x: np.ndarray, y: np.ndarray) -> None:
+    assert x.shape == y.shape and x.dtype == y.dtype == np.uint8
+    assert np.abs(x.astype(np.int16) - y.astype(np.int16)).max() <= 1
+
+
+def test_save_then_load_gives_equal_weights_and_images_within_one_level(stage, tmp_path):
+    """What a reload guarantees: the same weights, and the same images up to float rounding.
+
+    Equal weights are the guarantee; bit-identical images are not. A reloaded tensor sits at another
+    memory alignment, which can select another BLAS kernel and so another rounding, and a rare pixel
+    then lands one level away. Within one process, bit-identity is asserted in the same-seed test.
+    """
     stage.pipe.save_pretrained(tmp_path / "pipe")
     loaded = GenerateStage(
         GeneratorConfig(
             size=SIZE, steps=2, base_model=str(tmp_path / "pipe"), controlnet=str(tmp_path / "pipe" / "controlnet")
         )
     )
+    _assert_same_weights(loaded.pipe, stage.pipe)
     batch = _batch(2)
-    assert (loaded(batch)["generated"] == stage(batch)["generated"]).all()
+    expected = stage(batch)["generated"]
+    _assert_within_one_level(loaded(batch)["generated"], expected)
     # a preset with a ControlNet folder swapped in (how an RFFT output reaches the engine)
     swapped = GenerateStage(GeneratorConfig(size=SIZE, steps=2, controlnet=str(tmp_path / "pipe" / "controlnet")))
-    assert (swapped(batch)["generated"] == stage(batch)["generated"]).all()
+    _assert_same_weights(swapped.pipe, stage.pipe)
+    _assert_within_one_level(swapped(batch)["generated"], expected)
 
 
 def test_presets_are_deterministic_and_offline(stage):

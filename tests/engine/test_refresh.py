@@ -84,8 +84,10 @@ def accepted_run(tmp_path_factory, ray_local_module):
     tmp = tmp_path_factory.mktemp("accepted")
     manifest, ids = _manifest(tmp)
     bad_lines, reasons = _bad_inputs(tmp / "bad")
-    with open(manifest, "a") as f:
-        f.writelines(line + "\n" for line in bad_lines)
+    # Bad rows first, so this run's generator batches hold other products than a run of good rows only;
+    # the duplicate line stays last (its first occurrence is the good mug-002).
+    good_lines = manifest.read_text().splitlines()
+    manifest.write_text("".join(line + "\n" for line in bad_lines[:-1] + good_lines + bad_lines[-1:]))
     out = tmp / "out"
     assert refresh.main(["--input", str(manifest), "--output", str(out), "--threshold", "0", *FAST]) == 0
     return out, ids, reasons
@@ -156,11 +158,17 @@ def test_threshold_nobody_passes_gives_needs_review_after_k(accepted_run, tmp_pa
         assert Path(row["image_path"]).is_file()
     candidates = _candidates(out)
     assert sorted((c["sku_id"], c["attempt"]) for c in candidates) == sorted((s, a) for s in ids for a in (1, 2))
-    # Same --seed, same image: attempt 1 here is bit-identical to the accepted image of the other run.
+    # Same --seed, same attempt: the same seed and prompt, and the same image up to float rounding. The
+    # other run had bad rows in its batches, so its generator batches held other products; a batch's
+    # composition may change the kernels' rounding, so one level is allowed, no more. (Bit-identity for the
+    # same batch composition in one process: test_generation.py's same-seed test.)
     for row in rows:
         first = next(c for c in candidates if c["sku_id"] == row["sku_id"] and c["attempt"] == 1)
         accepted = next(r for r in _results(out_ok) if r["sku_id"] == row["sku_id"])
-        assert (np.array(Image.open(first["image_path"])) == np.array(Image.open(accepted["image_path"]))).all()
+        assert (first["seed"], first["prompt"]) == (accepted["seed"], accepted["prompt"])
+        a = np.array(Image.open(first["image_path"])).astype(np.int16)
+        b = np.array(Image.open(accepted["image_path"])).astype(np.int16)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, row["sku_id"]
 
 
 def test_resources_the_cluster_lacks_fail_fast(tmp_path, capsys, ray_local_module):

@@ -15,7 +15,7 @@ from engine.commit import RoundLedger
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, complete_parts, part_name, write_parquet_atomic
 from engine.pipeline import candidates_per_sku, invalid_id_reason, is_system_failure
-from engine.prepare import PromptPolicy
+from engine.prepare import CONDITION_COLUMNS, PromptPolicy, condition_row
 from engine.refresh_stages import (
     PENDING_DEFAULTS,
     ConditionCandidates,
@@ -114,6 +114,27 @@ def test_stages_run_without_ray_and_the_first_accepted_attempt_wins(tmp_path):
     assert len(candidates) == 2 * m and {c["attempt"] for c in candidates} == {1, 2, 3}
     assert list(stats["outcome"]).count("failed") == 1
     assert json.loads(batch["prompts_json"][0])[0]
+
+
+def test_every_caller_builds_a_candidates_inputs_the_same_way():
+    """The refresh stage's m candidates of a SKU, from attempt 3 on, equal condition_row for each attempt
+    (the single-row path of adloop generate and RFFT): one builder, engine.prepare.candidate_inputs."""
+    size, m = 32, 4
+    cond = ConditioningConfig(size=size)
+    policy = PromptPolicy(run_seed=5, rotate_after=1)  # a new template every attempt, so image_scale varies
+    path = sorted(SAMPLES_DIR.iterdir())[0]
+    row = {**PENDING_DEFAULTS, "sku_id": path.stem, "image_uri": str(path), "caption": "a cap", "attempts_done": 2}
+    batch = ConditionCandidates(cond, policy, m)({k: np.array([row[k]]) for k in PENDING_DEFAULTS})
+    prompts = json.loads(batch["prompts_json"][0])
+    for j in range(m):
+        one = condition_row(path.stem, path.read_bytes(), str(path), 3 + j, cond, policy, caption="a cap")
+        assert (batch["attempt"][0, j], batch["seed"][0, j], prompts[j]) == (
+            one["attempt"],
+            one["seed"],
+            one["prompt"],
+        )
+        for key in CONDITION_COLUMNS:
+            assert (batch[key][0, j] == one[key]).all(), key
 
 
 def test_half_written_files_never_count(tmp_path):

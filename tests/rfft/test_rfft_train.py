@@ -123,11 +123,11 @@ def test_train_rfft_job_writes_a_controlnet_the_engine_loads_and_resumes(tmp_pat
     out = tmp_path / "out"
     common = [
         "--train-products", train, "--eval-products", held_out, "--output", str(out),
-        "--size", str(SIZE), "--gen-steps", str(STEPS), "--workers", "2", "--regulariser", "cc",
+        "--size", str(SIZE), "--steps", str(STEPS), "--workers", "2", "--regulariser", "cc",
         "--strategy", strategy, "--set", "grad_accum=2", "--set", "batch_size=1", "--set", "lr=1e-3",
         "--set", "weight_decay=0", "--set", "eval_seeds=2", "--set", "checkpoint_every=1",
     ]  # fmt: skip
-    assert train_rfft.main([*common, "--steps", "2"]) == 0
+    assert train_rfft.main([*common, "--max-steps", "2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["frozen_changed"] == ""
     assert summary["before"]["step"] == 0 and summary["after"]["step"] == 2
@@ -136,7 +136,7 @@ def test_train_rfft_job_writes_a_controlnet_the_engine_loads_and_resumes(tmp_pat
     assert [r["step"] for r in _lines(out / "train.jsonl")] == [1, 2]
 
     # running again with the same output resumes from step 2 instead of starting over
-    assert train_rfft.main([*common, "--steps", "3"]) == 0
+    assert train_rfft.main([*common, "--max-steps", "3"]) == 0
     assert [r["step"] for r in _lines(out / "train.jsonl")] == [1, 2, 3]
     evals = [r["step"] for r in _lines(out / "eval.jsonl")]
     assert evals.count(0) == 1 and evals[-1] == 3

@@ -19,8 +19,8 @@ import uuid
 
 import pytest
 
-from cluster.local_cluster import BIN, free_ports, pids_naming
 from rfnet.synth import generate_rf1m
+from tests.cluster.local_cluster import BIN, free_ports, pids_naming
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

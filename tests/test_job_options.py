@@ -1,0 +1,170 @@
+"""Every job's options come from one set of declarations (``jobs.args``): one name, default and help each.
+
+- every option of every job was added from a declaration (an ``Option``);
+- a flag maps to exactly one declaration across all jobs, aliases included: no flag is spelled two ways,
+  and no spelling means two things;
+- a flag that several jobs share is one of the module-level declarations in ``jobs.args``, so its default
+  appears once;
+- the spellings that used to drift (``--out``/``--output``, ``--guidance``/``--guidance-scale``,
+  ``--address``/``--ray-address``) are one option, and the generator's defaults (canvas, steps) resolve the
+  same in every job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from collections import defaultdict
+
+import pytest
+
+from jobs import args as opts
+from jobs.cli import COMMANDS, main
+
+SHARED = {id(v) for v in vars(opts).values() if isinstance(v, opts.Option)}
+
+
+def _parsers(job: str) -> list[argparse.ArgumentParser]:
+    seen: list[argparse.ArgumentParser] = []
+    original = argparse.ArgumentParser.parse_known_args
+
+    def capture(self, args=None, namespace=None):
+        if all(p is not self for p in seen):
+            seen.append(self)
+        return original(self, args, namespace)
+
+    argparse.ArgumentParser.parse_known_args = capture
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
+            main([job, "--help"])
+    finally:
+        argparse.ArgumentParser.parse_known_args = original
+    return seen
+
+
+def _actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+            continue
+        yield action
+
+
+@pytest.fixture(scope="module")
+def declared() -> dict[str, dict[str, argparse.Action]]:
+    """job -> flag -> action, over every parser the job builds."""
+    return {
+        job: {f: a for p in _parsers(job) for a in _actions(p) for f in a.option_strings or [a.dest]}
+        for job in COMMANDS
+    }
+
+
+def test_every_option_of_every_job_comes_from_a_declaration(declared):
+    loose = [
+        f"{job} {flag}"
+        for job, flags in declared.items()
+        for flag, a in flags.items()
+        if not hasattr(a, "declaration")
+    ]
+    assert not loose, f"options added without a declaration (use jobs.args.add or an Option): {loose}"
+
+
+def test_a_flag_has_one_declaration_across_jobs_and_shared_flags_are_declared_once(declared):
+    by_flag: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for job, flags in declared.items():
+        for flag, action in flags.items():
+            by_flag[flag][id(action.declaration)].append(job)
+    two_ways = {flag: list(decls.values()) for flag, decls in by_flag.items() if len(decls) > 1}
+    assert not two_ways, f"flags declared more than once (with their own default and help): {two_ways}"
+    shared_loose = [
+        flag
+        for flag, decls in by_flag.items()
+        if len(next(iter(decls.values()))) > 1 and next(iter(decls)) not in SHARED
+    ]
+    assert not shared_loose, f"flags several jobs share must be an Option in jobs.args: {shared_loose}"
+
+
+def test_a_declaration_is_one_destination_and_its_old_spellings_reach_it(declared):
+    for job, flags in declared.items():
+        for flag, action in flags.items():
+            decl = action.declaration
+            assert flag in decl.flags or not action.option_strings, (job, flag)
+            assert tuple(action.option_strings) in (decl.flags, ()), (job, flag)
+
+
+@pytest.mark.parametrize(
+    "old, name", [("--out", "--output"), ("--guidance", "--guidance-scale"), ("--address", "--ray-address")]
+)
+def test_the_spellings_that_drifted_are_one_option(declared, old, name):
+    jobs = [job for job, flags in declared.items() if old in flags or name in flags]
+    assert jobs
+    for job in jobs:
+        assert declared[job][name].declaration is declared[job][old].declaration, job
+
+
+def test_steps_means_denoising_steps_in_every_job(declared):
+    for job, flags in declared.items():
+        if "--steps" in flags:
+            assert flags["--steps"].declaration is opts.STEPS, job
+
+
+def test_the_generator_defaults_resolve_the_same_in_every_job():
+    from jobs import eval_generator, generate, refresh, train_rfft
+    from jobs.args import generator_config
+
+    configs = {
+        "refresh": refresh.build_config(refresh.parse_args(["--input", "i", "--output", "o"])).generator,
+        "generate": generator_config(generate.parse_args(["--input", "i", "--output", "o"])),
+        "eval-generator": generator_config(eval_generator.parse_args(["--products", "p"])),
+        "train-rfft": train_rfft.build_config(
+            train_rfft.parse_args(["--train-products", "p", "--output", "o"])
+        ).generator,
+    }
+    assert len({(c.size, c.steps, c.guidance_scale) for c in configs.values()}) == 1, configs
+    from rfft.config import RFFTConfig
+
+    assert (RFFTConfig().generator.size, RFFTConfig().generator.steps) == (
+        configs["refresh"].size,
+        configs["refresh"].steps,
+    )
+
+
+def test_old_spellings_still_parse():
+    from jobs import eval_generator, serve, synth, train_rfft  # noqa: F401
+    from jobs.train_rfnet import _parser
+
+    assert _parser().parse_args(["--data", "d", "--out", "o"]).output == "o"
+    assert serve.parse_args(["--num-cpus", "2", "--num-gpus", "1"]).cpus_per_replica == 2.0
+    assert eval_generator.parse_args(["--products", "p", "--max-attempts", "4"]).measure_attempts == 4
+    old = train_rfft.parse_args(["--train-products", "p", "--output", "o", "--steps", "7", "--gen-steps", "3"])
+    assert (old.max_steps, old.steps) == (7, 3)
+    new = train_rfft.parse_args(["--train-products", "p", "--output", "o", "--max-steps", "7", "--steps", "3"])
+    assert (new.max_steps, new.steps) == (7, 3)
+
+
+def test_a_yaml_config_sets_options_flags_override_it_and_unknown_names_fail(tmp_path, capsys):
+    from jobs import refresh, synth
+    from jobs.args import write_resolved_config
+
+    cfg = tmp_path / "nightly.yaml"
+    cfg.write_text("input: skus.jsonl\noutput: out\nguidance-scale: 5.0\nmax_attempts: 3\nrfnet: runs/rfnet\n")
+    args = refresh.parse_args(["--config", str(cfg), "--max-attempts", "4"])
+    assert (args.input, args.output, args.guidance_scale, args.max_attempts) == ("skus.jsonl", "out", 5.0, 4)
+    # the resolved options, written next to the outputs, repeat the run with --config alone
+    written = write_resolved_config(args, str(tmp_path / "run"))
+    again = refresh.parse_args(["--config", written])
+    assert vars(again) == {**vars(args), "config": written}
+    # a subcommand's options are read too: its required --n and --output come from the file
+    (tmp_path / "synth.yaml").write_text("n: 12\noutput: data\n")
+    with pytest.raises(SystemExit):
+        synth.main(["rf1m", "--config", str(tmp_path / "synth.yaml"), "--render-size", "not-a-number"])
+    err = capsys.readouterr().err
+    assert "--render-size" in err and "required" not in err
+    (tmp_path / "bad.yaml").write_text("guidance_scal: 5\n")
+    with pytest.raises(SystemExit):
+        refresh.parse_args(["--config", str(tmp_path / "bad.yaml"), "--input", "i", "--output", "o"])
+    assert "unknown options ['guidance_scal']" in capsys.readouterr().err
