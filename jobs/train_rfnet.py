@@ -25,7 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="adloop train-rfnet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", required=True, help="RF1M folder or .parquet/.jsonl manifest")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="RF1M folder or .parquet/.jsonl manifest; repeat to merge several (e.g. a review export and RF1M)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="fine-tune this RFNet checkpoint folder (its architecture; --preset and --image-size are ignored); "
+        "the threshold is calibrated again on the new validation split",
+    )
     p.add_argument("--out", required=True, help="output folder (checkpoints, rfnet/, metrics.json)")
     p.add_argument("--name", default="rfnet", help="run name; same --out and --name resumes")
     p.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
@@ -67,7 +78,8 @@ def config_from_args(args: argparse.Namespace):
     if args.tokenizer:
         changes["tokenizer"] = args.tokenizer
     return TrainConfig(
-        data=args.data, output=args.out, name=args.name, model=model.replace(**changes), strategy=args.strategy,
+        data=args.data[0] if len(args.data) == 1 else args.data, output=args.out, init_from=args.init_from,
+        name=args.name, model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.gpu, dtype=args.dtype, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, maps=args.maps, depth=args.depth, saliency=args.saliency,
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         metrics = fit(config_from_args(args))
-    except DatasetError as e:
+    except (DatasetError, FileNotFoundError) as e:
         print(f"adloop train-rfnet: {e}", file=sys.stderr)
         return 2
     test = metrics["test"]
