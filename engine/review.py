@@ -124,7 +124,7 @@ class ReviewSession:
             raise ReviewError(400, "not_a_refresh_output", f"{out} has no results/ and candidates/")
         # The refresh records absolute paths; so does the review, for the rows it rewrites.
         self.out = out if "://" in out else os.path.abspath(out)
-        self.cfg = cfg or ReviewConfig()
+        self.cfg, self._cfg_given = cfg or ReviewConfig(), cfg is not None
         self.root = join(out, "review")
         self._lock = threading.Lock()
         rows, self.part_of = self._read_results()
@@ -202,7 +202,7 @@ class ReviewSession:
         uri = join(self.root, "session.json")
         if exists(uri):
             session = json.loads(read_bytes(uri))
-            if (session["audit_size"], session["seed"]) != (self.cfg.audit, self.cfg.seed):
+            if self._cfg_given and (session["audit_size"], session["seed"]) != (self.cfg.audit, self.cfg.seed):
                 logger.warning(
                     "keeping the audit sample drawn when this review began (%d SKUs, seed %d)",
                     session["audit_size"], session["seed"],

@@ -17,10 +17,12 @@ bearer header or (so that ``<img>`` tags work) the ``adloop_review_token`` cooki
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -65,15 +67,29 @@ def _check_token(request: Request, digest: bytes | None) -> None:
         raise ReviewError(401, "bad_token", "the bearer token is wrong")
 
 
-def create_app(session: ReviewSession, token_file: str | None = None) -> FastAPI:
+def create_app(
+    session: ReviewSession, token_file: str | None = None, on_shutdown: Callable[[], object] | None = None
+) -> FastAPI:
     """The review app over ``session``.
 
     Args:
         session: the output's review session (its queues are read once, when it was made).
         token_file: a file holding the token clients must send; None leaves the app open.
+        on_shutdown: called when the server stops gracefully (uvicorn re-raises SIGTERM/SIGINT once it has
+            shut down, so code after ``uvicorn.run`` would never run).
     """
     digest = _token_digest(token_file)
-    app = FastAPI(title="adloop review", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        if on_shutdown is not None:
+            try:
+                on_shutdown()
+            except Exception:  # the decisions are on disk already; a failed extra costs a log line
+                logger.exception("shutdown hook failed")
+
+    app = FastAPI(title="adloop review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     page, static = _asset("review.html"), {name: _asset(name) for name in _STATIC}
 
     @app.exception_handler(ReviewError)
@@ -115,6 +131,9 @@ def create_app(session: ReviewSession, token_file: str | None = None) -> FastAPI
     @app.post("/api/decisions")
     async def decide(request: Request) -> dict:
         _check_token(request, digest)
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            raise ReviewError(413, "body_too_large", f"Content-Length {length[:20]!r} > {MAX_BODY_BYTES}")
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             raise ReviewError(413, "body_too_large", f"{len(body)} bytes > {MAX_BODY_BYTES}")

@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     from engine.report import write_report
     from engine.review_app import create_app
 
+    def rebuild_report() -> None:
+        print(f"report updated: {write_report(session.out)}", flush=True)
+
     try:
-        app = create_app(session, args.token_file)
+        app = create_app(session, args.token_file, on_shutdown=rebuild_report)
     except (OSError, ValueError) as err:
         print(f"adloop review: error: {err}", file=sys.stderr)
         return 2
@@ -88,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    print(f"report updated: {write_report(session.out)}")
     return 0
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import requests
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from engine.outputs import complete_parts
+from engine.outputs import RESULT_SCHEMA, complete_parts
 from engine.review import ReviewConfig, ReviewError, ReviewSession, audit_precision, wilson_interval
 from engine.review_app import create_app
 from engine.samples import SAMPLES, SAMPLES_DIR
@@ -83,7 +84,7 @@ def _copy(made: Path, tmp: Path) -> Path:
 
 
 def _results(out: Path) -> dict[str, dict]:
-    rows = pq.read_table(complete_parts(str(out / "results"))).to_pylist()
+    rows = pads.dataset(complete_parts(str(out / "results")), schema=RESULT_SCHEMA).to_table().to_pylist()
     by_id = {r["sku_id"]: r for r in rows}
     assert len(by_id) == len(rows), "a SKU has more than one final row"
     return by_id
@@ -366,7 +367,8 @@ def test_a_reviewer_goes_through_the_whole_loop_in_a_browser(made, tmp_path):
 
     assert sorted(LABELS[e.label] for e in examples) == want_labels
     assert all(e.depth and e.saliency for e in examples) and len({e.product_id for e in examples}) == 5
-    assert synth.main(["rf1m", "--n", "48", "--out", str(tmp_path / "synth"), "--size", "32"]) == 0
+    synth_args = ["--n", "64", "--images-per-product", "1", "--size", "32"]  # 64 products: no split is empty
+    assert synth.main(["rf1m", *synth_args, "--out", str(tmp_path / "synth")]) == 0
     start = tmp_path / "start"
     save(build(preset("tiny").replace(image_size=32))[0], str(start), threshold=0.5)
     args = ["--data", str(export), "--data", str(tmp_path / "synth"), "--out", str(tmp_path / "tuned"),
@@ -374,6 +376,6 @@ def test_a_reviewer_goes_through_the_whole_loop_in_a_browser(made, tmp_path):
             "--max-steps-per-epoch", "1"]  # fmt: skip
     assert train_rfnet.main(args) == 0
     metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
-    assert sum(metrics["split_sizes"].values()) == len(examples) + 48
+    assert sum(metrics["split_sizes"].values()) == len(examples) + 64
     assert os.path.isfile(tmp_path / "tuned" / "rfnet" / "model.safetensors")
     assert glob.glob(str(tmp_path / "tuned" / "ray" / "rfnet" / "checkpoint_*"))
