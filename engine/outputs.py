@@ -7,6 +7,7 @@
     OUT/summary.json                  counts, attempts histogram, acceptance per attempt, throughput
     OUT/duplicates/<run>.jsonl        input rows skipped because their SKU id appeared earlier
     OUT/_state/                       scratch of the current run (staged input, pending rounds)
+    OUT/review/                       the human review (engine/review.py): decision log, audit sample
 
 Every file is written under a temporary name and renamed into place, so a reader (or a resumed run)
 sees a file whole or not at all. A results file is the commit point of its SKUs: a SKU is done exactly
