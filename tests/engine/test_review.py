@@ -184,7 +184,7 @@ def _serve(out: Path, port: int, token_file: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [*cmd, "--audit", "2"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline = time.time() + 60
+    deadline = time.time() + 240  # a loaded CI machine: importing pyarrow, PIL and FastAPI can take a while
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         try:
@@ -224,7 +224,7 @@ def _wait_progress(driver, queue: str, reviewed: int, total: int | None = None) 
         el = d.find_element("id", "progress")
         return el.get_attribute("data-queue") == queue and el.get_attribute("data-reviewed") == str(reviewed)
 
-    WebDriverWait(driver, 20).until(shown)
+    WebDriverWait(driver, 90).until(shown)
     text = driver.find_element("id", "progress").text
     assert text == f"{reviewed} of {total} reviewed" if total is not None else text.startswith(f"{reviewed} of ")
 
