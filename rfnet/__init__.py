@@ -12,13 +12,35 @@ Public API (the engine, the online scorer and RFFT depend on these names)::
 Training lives in ``rfnet.train`` (imports ray) and is not imported here.
 """
 
-from rfnet.checkpoint import build, load, save
+import importlib
+
 from rfnet.config import LABELS, MODALITIES, RFNetConfig, preset
-from rfnet.depth import load_depth
-from rfnet.model import RFNet
-from rfnet.preprocess import Preprocess
-from rfnet.saliency import load_saliency
-from rfnet.scorer import Scorer, ScoreResult
+
+# The rest imports torch and transformers (tens of seconds on a loaded machine). Loaded on first use, so
+# that code needing only the label set (the review page, the report) starts at once.
+_LAZY = {
+    "build": "rfnet.checkpoint",
+    "load": "rfnet.checkpoint",
+    "save": "rfnet.checkpoint",
+    "load_depth": "rfnet.depth",
+    "RFNet": "rfnet.model",
+    "Preprocess": "rfnet.preprocess",
+    "load_saliency": "rfnet.saliency",
+    "Scorer": "rfnet.scorer",
+    "ScoreResult": "rfnet.scorer",
+}
+
+
+_SUBMODULES = {"checkpoint", "data", "depth", "metrics", "model", "preprocess", "saliency", "scorer", "synth", "text"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:  # ``import rfnet`` then ``rfnet.preprocess.X``, as when everything was eager
+        return importlib.import_module(f"rfnet.{name}")
+    raise AttributeError(f"module 'rfnet' has no attribute {name!r}")
+
 
 __all__ = [
     "LABELS",
