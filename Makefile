@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/adloop refresh --input engine/assets/samples.jsonl --output $(DEMO_OUT)
 
-# The report test renders the page in headless Chromium (Debian's package); CI runs as root.
+# The report test renders the page in headless Chromium (Debian's package); the review test drives it
+# through Debian's chromedriver with Selenium. CI runs as root.
 test: $(STAMP)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	(command -v chromium && command -v chromedriver) >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

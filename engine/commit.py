@@ -12,6 +12,10 @@ committed yet. A write task of the failed execution that finishes late writes in
 staging folder, which nobody commits any more, so it can never add a second final row for a SKU the
 rerun also decides. The ledger of committed SKUs is an on-disk SQLite table, so memory stays flat at
 any catalog size.
+
+A later decision on a SKU that already has its final row (a person's, in ``adloop review``) takes the
+same path: ``replace_final_rows`` stages a copy of the SKU's results part with the row replaced and
+moves it over the old one, so the SKU keeps exactly one final row at every moment.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from cluster.storage import filesystem, join
-from engine.outputs import write_parquet_atomic
+from engine.outputs import RESULT_SCHEMA, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +78,7 @@ class RoundLedger:
             "pending": self.pending_folder,
         }
         for kind in KINDS:
-            fs, src = filesystem(join(staging, kind, name))
-            if fs.exists(src):
-                _, dst_folder = filesystem(destinations[kind])
-                fs.makedirs(dst_folder, exist_ok=True)
-                fs.mv(src, f"{dst_folder.rstrip('/')}/{name}")
+            move_staged(join(staging, kind, name), destinations[kind])
 
     def uncommitted(self, source_parts: list[str], dest: str, rows_per_file: int = 5000) -> int:
         """Write the rows of ``source_parts`` whose SKU is not committed as Parquet parts under ``dest``
@@ -112,6 +113,49 @@ class RoundLedger:
         rows = pa.Table.from_batches(batches, schema=schema).to_pylist()
         write_parquet_atomic(join(dest, f"part-{part:06d}.parquet"), rows, schema)
         return part + 1
+
+
+def move_staged(src_uri: str, dst_folder_uri: str) -> bool:
+    """Move a staged file into ``dst_folder_uri`` under its own name (a rename: it replaces a file of that
+    name whole); False if there is nothing staged."""
+    fs, src = filesystem(src_uri)
+    if not fs.exists(src):
+        return False
+    _, dst_folder = filesystem(dst_folder_uri)
+    fs.makedirs(dst_folder, exist_ok=True)
+    fs.mv(src, f"{dst_folder.rstrip('/')}/{src.rstrip('/').rsplit('/', 1)[-1]}")
+    return True
+
+
+def replace_final_rows(out: str, rows: dict[str, dict], part_of: dict[str, str], staging: str) -> None:
+    """Replace the final rows of SKUs that are already committed, keeping one row per SKU.
+
+    Args:
+        out: the refresh output root.
+        rows: SKU id -> its new final row (``RESULT_SCHEMA`` fields; missing ones are null).
+        part_of: SKU id -> the file name of the ``results/`` part that holds its row.
+        staging: a scratch folder of the caller's; each rewritten part is staged there, then moved.
+
+    Raises:
+        KeyError: a SKU of ``rows`` has no part in ``part_of``.
+        ValueError: the part does not hold exactly one row of a SKU it should hold.
+    """
+    by_part: dict[str, list[str]] = {}
+    for sku in rows:
+        by_part.setdefault(part_of[sku], []).append(sku)
+    for name, skus in by_part.items():
+        fs, path = filesystem(join(out, "results", name))
+        existing = pq.read_table(path, filesystem=fs)
+        table = existing.to_pylist()
+        ids = [r["sku_id"] for r in table]
+        for sku in skus:
+            if ids.count(sku) != 1:
+                raise ValueError(f"results/{name} holds {ids.count(sku)} rows of SKU {sku!r}, expected 1")
+        new = [{f.name: (rows.get(r["sku_id"]) or r).get(f.name) for f in RESULT_SCHEMA} for r in table]
+        staged = join(staging, "results", name)
+        write_parquet_atomic(staged, new, RESULT_SCHEMA)
+        move_staged(staged, join(out, "results"))
+        logger.info("results/%s: replaced the final rows of %d SKU(s)", name, len(skus))
 
 
 def iter_stats(batches: Iterator[dict[str, np.ndarray]], ledger: RoundLedger, staging: str):

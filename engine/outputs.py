@@ -7,6 +7,7 @@
     OUT/summary.json                  counts, attempts histogram, acceptance per attempt, throughput
     OUT/duplicates/<run>.jsonl        input rows skipped because their SKU id appeared earlier
     OUT/_state/                       scratch of the current run (staged input, pending rounds)
+    OUT/review/                       the human review (engine/review.py): decision log, audit sample
 
 Every file is written under a temporary name and renamed into place, so a reader (or a resumed run)
 sees a file whole or not at all. A results file is the commit point of its SKUs: a SKU is done exactly
@@ -59,6 +60,8 @@ RESULT_SCHEMA = pa.schema(
         ("score_seconds", pa.float32()),
         ("run_id", pa.string()),
         ("finished_at", pa.float64()),
+        # Who made the call: "rfnet" (the refresh), "review" (a person, through ``adloop review``); null for failed.
+        ("decided_by", pa.string()),
     ]
 )
 
@@ -106,13 +109,18 @@ def complete_parts(folder_uri: str) -> list[str]:
     return sorted(n for n in names if n.endswith(".parquet"))
 
 
-def iter_column_batches(folder_uri: str, columns: list[str], batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Stream some columns of a Parquet folder without loading it whole."""
+def iter_column_batches(
+    folder_uri: str, columns: list[str], batch_size: int = 65536, schema: pa.Schema | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream some columns of a Parquet folder without loading it whole.
+
+    With ``schema``, a column some part files lack (written before the column existed) reads as nulls.
+    """
     parts = complete_parts(folder_uri)
     if not parts:
         return
     fs, _ = filesystem(folder_uri)
-    dataset = pads.dataset(parts, format="parquet", filesystem=fs)
+    dataset = pads.dataset(parts, format="parquet", filesystem=fs, schema=schema)
     yield from dataset.to_batches(columns=columns, batch_size=batch_size)
 
 

@@ -279,6 +279,7 @@ class DecideAndWrite:
             "score_seconds": row["score_seconds"],
             "run_id": ctx.run_id,
             "finished_at": time.time(),
+            "decided_by": None if failed else "rfnet",
         }
 
 

@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cluster.storage import exists, join, read_bytes, write_bytes_atomic
-from engine.outputs import iter_column_batches, summarise
+from engine.outputs import STATUSES, iter_column_batches, summarise
 from engine.report_config import ReportConfig
 from engine.report_html import render
+from engine.review import review_summary
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,8 @@ def build_report(out: str, cfg: ReportConfig | None = None) -> str:
     scan = Scan()
     _scan_results(out, cfg, scan)
     _scan_candidates(out, cfg, scan)
+    # Counts by status come from results/ as it is now: a review changes them after summary.json was written.
+    summary = {**summary, "status": {s: scan.status[s] for s in STATUSES}, "review": review_summary(out)}
     return render(out, summary, scan, cfg)
 
 

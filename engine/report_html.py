@@ -274,6 +274,35 @@ def review_queue(out: str, scan: Scan, cfg: ReportConfig) -> str:
     return f'<section id="review"><h2>Review queue</h2>{note}{body}</section>'
 
 
+def human_review(review: dict | None) -> str:
+    """Reviewed counts and the audit's measured precision of auto-acceptance (``engine.review``)."""
+    if review is None:
+        return (
+            '<section id="human"><h2>Human review</h2><p class="note">Nobody has reviewed this output yet: '
+            "<code>adloop review OUT</code> serves the review queue and an audit sample.</p></section>"
+        )
+    p = review["precision"]
+    if p["judged"]:
+        lo, hi = p["ci95"]
+        precision = f"{fmt_pct(p['precision'])} (95% CI {fmt_pct(lo)} to {fmt_pct(hi)}, {p['judged']} judged)"
+    else:
+        precision = "n/a (no audited SKU yet)"
+    rows = [
+        ("queue_reviewed", "review queue SKUs reviewed", fmt_int(review["queue_reviewed"])),
+        ("queue_accepted", "accepted by a reviewer", fmt_int(review["queue_accepted"])),
+        ("queue_rejected", "every candidate rejected", fmt_int(review["queue_rejected"])),
+        ("audit_reviewed", "audit SKUs reviewed", f"{review['audit_reviewed']:,} of {review['audit_size']:,}"),
+        ("audit_precision", "measured precision of auto-acceptance", precision),
+        ("decisions_logged", "decisions in the log (a later one on a SKU wins)", fmt_int(review["decisions_logged"])),
+    ]
+    body = "".join(f'<tr><th>{esc(name)}</th><td data-review="{key}">{esc(v)}</td></tr>' for key, name, v in rows)
+    return (
+        '<section id="human"><h2>Human review</h2><p class="note">From <code>review/</code>: decisions made in '
+        "<code>adloop review</code>; human-decided rows carry <code>decided_by = review</code> in "
+        f'<code>results/</code>.</p><table class="models">{body}</table></section>'
+    )
+
+
 def failures(scan: Scan) -> str:
     total = scan.status["failed"]
     reasons = "".join(
@@ -306,14 +335,21 @@ def render(out: str, summary: dict, scan: Scan, cfg: ReportConfig) -> str:
         f'<p class="note">{sum(scan.defects.values()):,} rejected candidates by RFNet\'s most likely defect class.</p>'
         f"{defect_chart(scan)}</div></section>"
     )
-    body = headline(summary) + charts + gallery(out, scan, cfg) + review_queue(out, scan, cfg) + failures(scan)
+    body = (
+        headline(summary)
+        + charts
+        + gallery(out, scan, cfg)
+        + review_queue(out, scan, cfg)
+        + human_review(summary.get("review"))
+        + failures(scan)
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>adloop run report</title><style>{CSS}</style></head><body>"
         f'<header><h1>adloop run report</h1><p class="note">{esc(out)} &middot; built {generated} by '
         "<code>adloop report</code></p>"
-        '<nav><a href="#accepted">accepted</a><a href="#review">review queue</a><a href="#failed">failed</a></nav>'
+        '<nav><a href="#accepted">accepted</a><a href="#review">review queue</a><a href="#human">human review</a><a href="#failed">failed</a></nav>'
         f"</header><main>{body}</main></body></html>\n"
     )
 

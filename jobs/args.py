@@ -158,6 +158,13 @@ class Option:
         return action
 
 
+def one_value(values: list[str], flag: str) -> str:
+    """The single value of a repeatable shared option (``--data``) in a job that takes one."""
+    if len(values) > 1:
+        raise SystemExit(f"{flag} takes one value in this job, got {len(values)}: {values}")
+    return values[0]
+
+
 def add(parser, *flags: str, required: bool = False, **settings: Any) -> argparse.Action:
     """Declare and add an option only this job has (a shared one is an :class:`Option` in this module)."""
     return Option(flags=flags, **settings).add(parser, required=required)
@@ -248,7 +255,12 @@ SALIENCY = Option(
 )
 
 # --- training jobs (train-rfnet, train-maps, train-generator): the defaults belong to each recipe's config
-DATA = Option(("--data",), "training data: the folder or manifest the job's recipe reads")
+DATA = Option(
+    ("--data",),
+    "training data: the folder or manifest the job's recipe reads; train-rfnet takes it repeated, to merge sets "
+    "(e.g. a review export and RF1M)",
+    action="append",
+)
 RUN_NAME = Option(("--name",), "Ray Train run name; the same --output and --name resume")
 EPOCHS = Option(("--epochs",), "passes over the training data", type=int)
 BATCH_SIZE = Option(("--batch-size",), "training examples per worker per step", type=int)
@@ -260,6 +272,14 @@ MAX_STEPS_PER_EPOCH = Option(
     ("--max-steps-per-epoch",), "cap on optimizer steps per epoch (default: no cap)", type=int
 )
 IMAGE_SIZE = Option(("--image-size",), "the model's input side in px", type=int)
+
+REFRESH_OUTPUT = Option(("output",), "a refresh's output root (local path or fsspec URI)", metavar="OUT")
+"""The positional of the jobs that read one refresh output (report, review)."""
+
+# --- HTTP servers (serve, review)
+HOST = Option(("--host",), "address to bind (127.0.0.1: this machine only)", default="127.0.0.1")
+PORT = Option(("--port",), "HTTP port", type=int)
+TOKEN_FILE = Option(("--token-file",), "file holding the bearer token every request must carry (default: no token)")
 
 # --- where it runs
 RAY_ADDRESS = Option(("--ray-address", "--address"), "Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "write a synthetic RF1M-format dataset with programmatic defects"),
     "train-rfnet": ("jobs.train_rfnet", "train RFNet under Ray Train (DDP or DeepSpeed), write metrics.json"),
     "train-maps": ("jobs.train_maps", "train the toy depth and saliency models on synthetic scenes (Ray Train)"),
+    "review": ("jobs.review", "a web page to review the needs_review queue and audit accepted SKUs; export labels"),
     "serve": ("jobs.serve", "the online RFNet scorer over HTTP (Ray Serve): /v1/score, /healthz, /readyz"),
 }
 

@@ -12,12 +12,13 @@ import logging
 import sys
 
 from engine.report_config import ReportConfig
+from jobs import args as opts
 from jobs.args import add, job_parser, parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = job_parser("adloop report", __doc__)
-    add(p, "output", metavar="OUT", help="a refresh's output root (local path or fsspec URI)")
+    opts.REFRESH_OUTPUT.add(p)
     d = ReportConfig()
     add(p, "--gallery", type=int, default=d.gallery, help=f"accepted SKUs shown (default {d.gallery})")
     add(p, "--review", type=int, default=d.review, help=f"needs_review SKUs shown (default {d.review})")

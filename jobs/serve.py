@@ -32,9 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = job_parser("adloop serve", __doc__)
     for option in (opts.RFNET, opts.THRESHOLD, opts.DEPTH, opts.SALIENCY, opts.DEVICE):
         option.add(p)
-    add(p, "--host", default="127.0.0.1", help="HTTP bind address")
-    add(p, "--port", type=int, default=8000, help="HTTP port")
-    add(p, "--token-file", help="file with the bearer token clients must send (default: no token)")
+    opts.HOST.add(p)
+    opts.PORT.add(p, recipe_default=8000)
+    opts.TOKEN_FILE.add(p)
     add(
         p,
         "--allow-uri-root",
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (what Kubernetes and `kill` send) takes the same clean path as Ctrl-C; installed after Ray's own.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port or 8000})
         serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
-        logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port)
+        logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port or 8000)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser, parse
+from jobs.args import add, job_parser, one_value, parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = {"name": args.name, "batch_size": args.batch_size, "lr": args.lr}
     try:
         cfg = GeneratorTrainConfig(
-            data=args.data, output=args.output, stages=tuple(s for s in args.stages.split(",") if s),
+            data=one_value(args.data, "--data"), output=args.output, stages=tuple(s for s in args.stages.split(",") if s),
             vae_steps=args.vae_steps, unet_steps=args.unet_steps, controlnet_steps=args.controlnet_steps,
             vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, vae_lr=args.vae_lr,
             prompt_dropout=args.prompt_dropout, strategy=args.strategy, zero_stage=args.zero_stage,

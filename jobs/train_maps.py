@@ -20,7 +20,7 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser, parse
+from jobs.args import add, job_parser, one_value, parse
 
 # The recipe's defaults where a flag is shared with other training jobs (shown in --help; None takes them).
 _RECIPE = {"name": "maps", "epochs": 4, "batch_size": 16, "lr": 2e-3, "image_size": 128}
@@ -54,7 +54,7 @@ def config_from_args(args: argparse.Namespace):
     recipe = {k: getattr(args, k) for k in _RECIPE}
     recipe = {k: v if v is not None else _RECIPE[k] for k, v in recipe.items()}
     return MapsTrainConfig(
-        data=args.data, output=args.output, models=tuple(m for m in args.models.split(",") if m),
+        data=one_value(args.data, "--data"), output=args.output, models=tuple(m for m in args.models.split(",") if m),
         depth_model=depth_arch(args.depth_arch), saliency_model=saliency_arch(args.saliency_arch),
         image_size=recipe["image_size"], max_examples=args.max_examples, eval_seed=args.eval_seed,
         eval_images=args.eval_images, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,

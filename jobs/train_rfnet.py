@@ -29,6 +29,13 @@ _RECIPE = {"name": "rfnet", "epochs": 10, "batch_size": 32, "lr": 1e-4}
 def _parser() -> argparse.ArgumentParser:
     p = job_parser("adloop train-rfnet", __doc__)
     opts.DATA.add(p, required=True)
+    add(
+        p,
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="fine-tune this RFNet checkpoint folder (its architecture; --preset and --image-size are ignored); "
+        "the threshold is calibrated again on the new validation split",
+    )
     opts.OUTPUT.add(p, required=True)
     opts.RUN_NAME.add(p, recipe_default=_RECIPE["name"])
     add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
@@ -70,7 +77,8 @@ def config_from_args(args: argparse.Namespace):
         changes["tokenizer"] = args.tokenizer
     recipe = {"name": args.name, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     return TrainConfig(
-        data=args.data, output=args.output, model=model.replace(**changes), strategy=args.strategy,
+        data=args.data[0] if len(args.data) == 1 else args.data, output=args.output, init_from=args.init_from,
+        model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, maps=args.maps, depth=args.depth,
         saliency=args.saliency, max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures,
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     write_resolved_config(args, args.output)
     try:
         metrics = fit(config_from_args(args))
-    except DatasetError as e:
+    except (DatasetError, FileNotFoundError) as e:
         print(f"adloop train-rfnet: {e}", file=sys.stderr)
         return 2
     test = metrics["test"]

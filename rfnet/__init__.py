@@ -18,6 +18,8 @@ import importlib
 
 from rfnet.config import LABELS, MODALITIES, RFNetConfig, preset
 
+# The rest imports torch and transformers (tens of seconds on a loaded machine). Loaded on first use, so
+# that code needing only the label set (the review page, the report) starts at once.
 _LAZY = {
     "build": "rfnet.checkpoint",
     "load": "rfnet.checkpoint",
@@ -31,11 +33,16 @@ _LAZY = {
 }
 
 
+_SUBMODULES = {"checkpoint", "data", "depth", "metrics", "model", "preprocess", "saliency", "scorer", "synth", "text"}
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:  # ``import rfnet`` then ``rfnet.preprocess.X``, as when everything was eager
+        return importlib.import_module(f"rfnet.{name}")
     raise AttributeError(f"module 'rfnet' has no attribute {name!r}")
 
 

@@ -213,6 +213,23 @@ def read_dataset(uri: str) -> list[Example]:
     return read_rf1m(uri)
 
 
+def read_datasets(uris: str | list[str]) -> list[Example]:
+    """One or several datasets (RF1M folders or manifests), merged in order.
+
+    Raises:
+        DatasetError: every bad entry of every dataset, each named.
+    """
+    examples, problems = [], []
+    for uri in [uris] if isinstance(uris, str) else uris:
+        try:
+            examples += read_dataset(uri)
+        except DatasetError as e:
+            problems += [f"{uri}: {p}" for p in e.problems]
+    if problems:
+        raise DatasetError("datasets", problems)
+    return examples
+
+
 def split_by_product(
     examples: list[Example], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
 ) -> dict[str, list[Example]]:

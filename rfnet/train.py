@@ -44,8 +44,8 @@ STRATEGIES = ("ddp", "deepspeed")
 class TrainConfig:
     """Everything one RFNet training run needs; ``fit`` writes it resolved next to the outputs."""
 
-    data: str
-    """RF1M-layout folder or ``.parquet``/``.jsonl`` manifest (see ``rfnet.data``)."""
+    data: str | list[str]
+    """RF1M-layout folder or ``.parquet``/``.jsonl`` manifest (see ``rfnet.data``), or a list of them, merged."""
     output: str
     """Output folder: ``ray/`` (Ray Train run and checkpoints), ``rfnet/`` (final model), ``metrics.json``."""
     model: RFNetConfig = field(default_factory=lambda: preset("tiny"))
@@ -101,6 +101,9 @@ class TrainConfig:
     """Worker failures Ray Train recovers from (restarting from the last checkpoint)."""
     num_to_keep: int = 2
     """Checkpoints kept in storage."""
+    init_from: str | None = None
+    """An RFNet checkpoint folder to fine-tune: its architecture replaces ``model`` and its weights the random
+    initialisation. The threshold is calibrated again on this run's validation split, as for a fresh model."""
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -186,6 +189,7 @@ def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
         return checked_path(path, "path", presets=presets, required=False) if path else path
 
     m = cfg.model
+    data = [absolute(d) for d in cfg.data] if isinstance(cfg.data, list) else absolute(cfg.data)
     model = m.replace(
         image_encoder_path=absolute(m.image_encoder_path),
         text_encoder_path=absolute(m.text_encoder_path),
@@ -193,11 +197,27 @@ def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
     )
     return dataclasses.replace(
         cfg,
-        data=absolute(cfg.data),
+        data=data,
         depth=absolute(cfg.depth, MAP_PRESET_NAMES),
         saliency=absolute(cfg.saliency, MAP_PRESET_NAMES),
         model=model,
+        init_from=absolute(cfg.init_from),
     )
+
+
+def with_init_from(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the architecture (and tokenizer) of its ``init_from`` checkpoint, so the weights fit.
+
+    Raises:
+        FileNotFoundError: ``init_from`` is not a checkpoint folder.
+    """
+    if cfg.init_from is None:
+        return cfg
+    from rfnet.checkpoint import TOKENIZER_DIR, read_meta
+
+    model = RFNetConfig.from_dict(read_meta(cfg.init_from)["rfnet"])
+    tokenizer = os.path.join(cfg.init_from, TOKENIZER_DIR)
+    return dataclasses.replace(cfg, model=model.replace(tokenizer=tokenizer if os.path.isdir(tokenizer) else "tiny"))
 
 
 def _quiet_ray_data() -> None:
@@ -222,12 +242,12 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from cluster.runtime import init_ray
-    from rfnet.data import check_readable, read_dataset, split_by_product
+    from rfnet.data import check_readable, read_datasets, split_by_product
 
-    cfg = absolute_local_paths(cfg)
+    cfg = with_init_from(absolute_local_paths(cfg))
     output = os.path.abspath(cfg.output)
     os.makedirs(output, exist_ok=True)
-    examples = read_dataset(cfg.data)
+    examples = read_datasets(cfg.data)
     check_readable(examples)
     splits = split_by_product(examples, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     for name, part in splits.items():
@@ -444,6 +464,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # --- setup
     model, prep = build(cfg.model, seed=cfg.seed)  # same init on every rank
+    if cfg.init_from:  # fine-tuning: every rank starts from the same trained weights (a resume overrides them)
+        from safetensors.torch import load_file
+
+        from rfnet.checkpoint import WEIGHTS_NAME
+
+        model.load_state_dict(load_file(os.path.join(cfg.init_from, WEIGHTS_NAME)))
     assert all(p.dtype == torch.float32 for p in model.parameters()), "trainable weights must stay fp32"
     train_model, optimizer, step, unwrapped = _setup_strategy(model, cfg)
     start_epoch, history = _resume(cfg, train_model, optimizer, unwrapped)
@@ -452,10 +478,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and start_epoch == 0:
         logger.info(
             "***** Running RFNet training ***** strategy=%s%s workers=%d batch/worker=%d global batch=%d epochs=%d "
-            "lr=%g (/10 from epoch %d) modalities=%s trainable params=%d",
+            "lr=%g (/10 from epoch %d) modalities=%s trainable params=%d init=%s",
             cfg.strategy, f" (ZeRO-{cfg.zero_stage})" if cfg.strategy == "deepspeed" else "", world,
             cfg.batch_size, cfg.batch_size * world, cfg.epochs, cfg.lr, cfg.lr_drop_epoch,
             ",".join(cfg.model.modalities), sum(p.numel() for p in model.parameters() if p.requires_grad),
+            cfg.init_from or "random",
         )  # fmt: skip
 
     # --- loop

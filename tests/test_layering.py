@@ -41,6 +41,9 @@ RAY_FREE = [
     "engine/outputs.py",
     "engine/report.py",
     "engine/report_html.py",
+    "engine/review.py",
+    "engine/review_app.py",
+    "engine/review_export.py",
     "rfnet/scorer.py",
 ]
 
