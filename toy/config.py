@@ -29,7 +29,7 @@ class GeneratorTrainConfig:
     """Stages to run, in recipe order (a later stage needs the earlier ones' components in ``output``)."""
     vae_steps: int = 1600
     """Optimizer steps of the VAE stage."""
-    unet_steps: int = 1200
+    unet_steps: int = 3000
     """Optimizer steps of the UNet + text-encoder stage."""
     controlnet_steps: int = 400
     """Optimizer steps of the ControlNet stage."""
