@@ -208,7 +208,8 @@ def assemble(components: str, out: str) -> None:
     )
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
+    # Shards of at most 4 MB: the repo ships this folder, and no tracked file should pass 5 MB.
+    pipe.save_pretrained(tmp, safe_serialization=True, max_shard_size="4MB")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 
