@@ -1,13 +1,14 @@
 """The toy generator on held-out products: its first-attempt available rate, the defects of its rejects,
 its diversity across seeds, and a picture of its outputs beside renders of the same products.
 
-    python bench/toy_generator.py --rfnet RFNET_CHECKPOINT --out runs/bench_toy_generator \\
+    python bench/toy_generator.py --out runs/bench_toy_generator [--rfnet RFNET_CHECKPOINT] \\
         [--base-model toy] [--depth toy --saliency toy] [--products 60] [--seeds 3] [--product-seed 909]
 
 The products are drawn by the synthetic world with ``--product-seed`` (never used to train the generator
 or the judge), their cutouts laid out by the engine as in ``adloop refresh``; every product is kept,
-damaged cutouts included, as a real catalog has them. The judge is an RFNet checkpoint (``rfft.evaluate``
-scores exactly as the refresh job does). Writes ``<out>/metrics.json`` and ``<out>/grid.png``: one row
+damaged cutouts included, as a real catalog has them. The judge is the inspector (``rfnet.inspector``) or
+an RFNet checkpoint, which ``rfft.evaluate`` scores exactly as the refresh job does, with the inspector's
+verdicts beside RFNet's. Writes ``<out>/metrics.json`` and ``<out>/grid.png``: one row
 per product, a render of the product in an Available scene, then the generator's image for each seed.
 """
 
@@ -61,7 +62,7 @@ def render_row(pid: int, seed: int, size: int, image_scale: float):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rfnet", required=True, help="RFNet checkpoint folder (the judge)")
+    p.add_argument("--rfnet", default="inspector", help="the judge: inspector, or an RFNet checkpoint folder")
     p.add_argument("--out", required=True)
     p.add_argument("--base-model", default="toy")
     p.add_argument("--controlnet", default=None)
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.models import build_pipeline
     from rfft.evaluate import Evaluator, load_products
     from rfnet import Scorer
+    from rfnet.config import INSPECTOR
+    from rfnet.inspector import Inspector
 
     torch.set_num_threads(2)
     os.makedirs(args.out, exist_ok=True)
@@ -92,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         base_model=args.base_model, controlnet=args.controlnet, size=args.size, steps=args.steps, device="cpu"
     )
     pipe = build_pipeline(gen)
-    scorer = Scorer(args.rfnet, device="cpu", threshold=args.threshold, depth=args.depth, saliency=args.saliency)
-    evaluator = Evaluator(load_products(manifest), gen, scorer, run_seed=0, n_seeds=args.seeds)
+    if args.rfnet == INSPECTOR:
+        scorer, inspector = Inspector(), None
+    else:
+        scorer = Scorer(args.rfnet, device="cpu", threshold=args.threshold, depth=args.depth, saliency=args.saliency)
+        inspector = Inspector()
+    evaluator = Evaluator(load_products(manifest), gen, scorer, run_seed=0, n_seeds=args.seeds, inspector=inspector)
     start = time.perf_counter()
     metrics = evaluator(pipe, pipe.controlnet)
     metrics["seconds"] = round(time.perf_counter() - start, 1)

@@ -3,7 +3,9 @@
 Works on rows that carry ``m`` candidates each (arrays shaped ``(B, m, ...)``); rows whose ``error`` is
 set (bad input) pass through unscored.
 
-Besides a real RFNet (``tiny`` or a checkpoint folder) it accepts ``fixed-rate:P``, a *measuring
+Besides a real RFNet (``tiny`` or a checkpoint folder) it accepts ``inspector``, the independent
+rule-based judge of the synthetic world (``rfnet.inspector``: the stand-in for the paper's human
+inspectors, whose verdicts are 0 or 1), and ``fixed-rate:P``, a *measuring
 instrument* for benchmarks and tests of the feedback loop, never a production scorer: its verdicts are
 a pure function of each candidate's seed and accept a known fraction ``P`` of candidates, so the loop's
 behaviour (attempts per accepted SKU ~ 1/P) can be checked against theory.
@@ -20,7 +22,7 @@ from cluster.paths import ModelPathError, checked_path
 from engine.columns import encode_lists
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
-from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES
+from rfnet.config import INSPECTOR, MAP_PRESET_NAMES, PRESET_NAMES
 
 FIXED_RATE_PREFIX = "fixed-rate:"
 
@@ -28,7 +30,7 @@ FIXED_RATE_PREFIX = "fixed-rate:"
 @dataclass
 class ScorerConfig:
     rfnet: str = "tiny"
-    """``tiny`` | an RFNet checkpoint folder | ``fixed-rate:P`` (benchmarks only, see module doc)."""
+    """``tiny`` | an RFNet checkpoint folder | ``inspector`` | ``fixed-rate:P`` (benchmarks only, see module doc)."""
     threshold: float | None = None
     """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
     depth: str = "tiny"
@@ -60,7 +62,7 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
     """
     from rfnet.checkpoint import CONFIG_NAME, read_meta
 
-    if rfnet not in PRESET_NAMES and not rfnet.startswith(FIXED_RATE_PREFIX):
+    if rfnet not in (*PRESET_NAMES, INSPECTOR) and not rfnet.startswith(FIXED_RATE_PREFIX):
         try:
             read_meta(rfnet)  # config.json, the weights file and the label set: its error names all three
         except FileNotFoundError as err:
@@ -96,6 +98,11 @@ class ScoreStage:
         if cfg.rfnet.startswith(FIXED_RATE_PREFIX):
             self.scorer = FixedRateScorer(float(cfg.rfnet[len(FIXED_RATE_PREFIX) :]))
             self.threshold = self.scorer.threshold if cfg.threshold is None else cfg.threshold
+        elif cfg.rfnet == INSPECTOR:
+            from rfnet.inspector import Inspector
+
+            self.scorer = Inspector()
+            self.threshold = self.scorer.threshold
         else:
             from rfnet import Scorer
 
@@ -125,7 +132,10 @@ class ScoreStage:
                 product = batch["product_rgba"][rows].reshape(-1, *batch["product_rgba"].shape[2:])
                 images = generated[rows].reshape(-1, *generated.shape[2:])
                 captions = [str(batch["caption"][r]) for r in rows for _ in range(m)]
-                result = self.torch.run(self.scorer.score, product, images, captions)
+                if self.cfg.rfnet == INSPECTOR:  # numpy and OpenCV only: no torch thread needed
+                    result = self.scorer.score(product, images, captions)
+                else:
+                    result = self.torch.run(self.scorer.score, product, images, captions)
                 p, probs = result.p_available, result.probabilities
             p_available[rows] = p.reshape(len(rows), m)
             probabilities[rows] = probs.reshape(len(rows), m, len(LABELS))

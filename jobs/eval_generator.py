@@ -5,7 +5,9 @@
 
 One generation per product per seed, with the seeds ``adloop refresh --seed RUN_SEED`` would use, judged by
 RFNet: available rate, 1/p, measured Recurrent Generation attempts (``--measure-attempts``) and diversity
-across seeds (see ``rfft.evaluate``). The generator is built by the engine's own factory, so a ControlNet
+across seeds (see ``rfft.evaluate``). The inspector (``rfnet.inspector``) judges the same first attempts,
+so its available rate stands beside RFNet's, as the paper's "Human Ava" beside "Ava"; ``--rfnet inspector``
+makes it the only judge. The generator is built by the engine's own factory, so a ControlNet
 folder written by ``adloop train-rfft`` is evaluated exactly as the engine would run it.
 """
 
@@ -56,13 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     from engine.models import build_pipeline
     from rfft.evaluate import Evaluator, load_products
     from rfnet import Scorer
+    from rfnet.config import INSPECTOR
+    from rfnet.inspector import Inspector
 
     gen = generator_config(args)
     pipe = build_pipeline(gen)
-    scorer = Scorer(
-        args.rfnet, device=str(pipe.device), threshold=args.threshold, depth=args.depth, saliency=args.saliency
-    )
-    evaluator = Evaluator(load_products(args.products, limit=args.limit), gen, scorer, args.run_seed, args.seeds)
+    if args.rfnet == INSPECTOR:
+        scorer, inspector = Inspector(), None
+    else:
+        scorer = Scorer(
+            args.rfnet, device=str(pipe.device), threshold=args.threshold, depth=args.depth, saliency=args.saliency
+        )
+        inspector = Inspector()
+    products = load_products(args.products, limit=args.limit)
+    evaluator = Evaluator(products, gen, scorer, args.run_seed, args.seeds, inspector=inspector)
     metrics = evaluator(pipe, pipe.controlnet, max_attempts=args.measure_attempts)
     metrics["controlnet"] = args.controlnet or f"{args.base_model}-controlnet"
     text = json.dumps(metrics, indent=2)

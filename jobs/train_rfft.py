@@ -124,6 +124,11 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
             fields[key] = json.loads(value)
         except json.JSONDecodeError:
             fields[key] = value
+    from rfnet.config import INSPECTOR
+
+    if args.rfnet == INSPECTOR:
+        raise SystemExit("--rfnet inspector: RFFT needs a differentiable reward, an RFNet checkpoint; the inspector "
+                         "judges results afterwards (adloop eval-generator reports it beside RFNet)")  # fmt: skip
     # Checked here, and absolute: Ray Train's workers do not run in this directory.
     fields["generator"] = checked_paths(fields["generator"])
     fields["rfnet_checkpoint"], fields["depth"], fields["saliency"] = checked_scorer_paths(

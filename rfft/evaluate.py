@@ -9,6 +9,9 @@ the seeds ``adloop refresh`` would use with that run seed) it reports:
   "Ava") and ``mean_p_available``;
 - ``expected_attempts``: ``1 / available_rate``, what Recurrent Generation needs on average without a cap;
 - ``rejected_defects``: how many rejected first attempts the judge puts in each defect class;
+- with a second, independent judge (``inspector``, e.g. ``rfnet.inspector.Inspector``: the paper's
+  "Human Ava" beside RFNet's "Ava"): ``inspector_available_rate``, ``inspector_defects`` and
+  ``inspector_agreement``, the share of the judge's accepted first attempts the inspector accepts too;
 - optionally ``measured``: Recurrent Generation actually run (new seed per attempt, prompt rotation as
   in the engine) up to ``max_attempts``: accepted count, mean attempts of the accepted products (what
   the refresh summary reports) and all attempts spent per accepted product;
@@ -114,10 +117,20 @@ class Evaluator:
         scorer: an ``rfnet.Scorer`` (the judge).
         run_seed: evaluation run seed; attempt k of product s uses ``attempt_seed(run_seed, s, k)``.
         n_seeds: seeds per product for the diversity figure (>= 2 to measure it).
+        inspector: an optional second judge with the same ``score`` interface, reported beside the first.
     """
 
-    def __init__(self, products: list[Product], gen: GeneratorConfig, scorer, run_seed: int = 0, n_seeds: int = 3):
+    def __init__(
+        self,
+        products: list[Product],
+        gen: GeneratorConfig,
+        scorer,
+        run_seed: int = 0,
+        n_seeds: int = 3,
+        inspector=None,
+    ):
         self.products, self.gen, self.scorer, self.run_seed = products, gen, scorer, run_seed
+        self.inspector = inspector
         # Diversity compares seeds at a fixed prompt; the first attempt's prompt is the refresh job's.
         fixed = PromptPolicy(run_seed=run_seed, rotate_after=0)
         self.rows = [condition_rows(products, gen.size, k, fixed) for k in range(1, max(1, n_seeds) + 1)]
@@ -141,6 +154,14 @@ class Evaluator:
             "diversity": div,
             "background_std": bg_std,
         }
+        if self.inspector is not None:
+            second = self.inspector.score(product, images[:, 0], self.captions)
+            metrics["inspector_available_rate"] = float(second.accepted.mean())
+            metrics["inspector_defects"] = dict(
+                Counter(d for d, ok in zip(second.defect, second.accepted, strict=True) if not ok)
+            )
+            both = second.accepted[first.accepted]
+            metrics["inspector_agreement"] = float(both.mean()) if len(both) else float("nan")
         if max_attempts > 0:
             metrics["measured"] = self.recurrent(pipe, controlnet, max_attempts)
         return metrics

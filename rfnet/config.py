@@ -131,6 +131,8 @@ PRESET_NAMES = ("tiny", "paper")
 ``toy`` is for the map models) would be added here and resolved in ``rfnet.checkpoint``."""
 
 MAP_PRESET_NAMES = ("tiny", "paper", "toy")
+INSPECTOR = "inspector"
+"""The scorer name of ``rfnet.inspector.Inspector``, the independent rule-based judge (no weights)."""
 """The presets of the depth and saliency models (``rfnet.depth.load_depth``, ``rfnet.saliency.load_saliency``):
 ``tiny`` and ``paper`` are random weights, ``toy`` the weights trained on synthetic scenes by
 ``adloop train-maps`` and shipped in ``rfnet/assets/toy/``. Loaders and path checks of a depth or saliency

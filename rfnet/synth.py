@@ -378,6 +378,37 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
+@dataclass
+class Sample:
+    """One labelled image of the synthetic world, at its written size (uint8 images)."""
+
+    name: str
+    label: str
+    caption: str
+    product: np.ndarray  # (S, S, 4) RGBA cutout
+    generated: np.ndarray  # (S, S, 3) RGB
+    depth: np.ndarray  # (S, S)
+    saliency: np.ndarray  # (S, S)
+
+
+def iter_samples(n: int, seed: int = 0, size: int = 64, images_per_product: int = 4, available_rate: float = 0.55):
+    """The ``n`` labelled samples of the dataset with ``seed`` (see ``generate_rf1m``), in file order."""
+    if n < 1 or images_per_product < 1:
+        raise ValueError("n and images_per_product must be >= 1")
+    res = 2 * size
+    for pid in range(-(-n // images_per_product)):
+        product = make_product(pid, seed, res)
+        rng = np.random.default_rng([seed, pid, 1])
+        k_here = min(images_per_product, n - pid * images_per_product)
+        cutout = _to_u8(_down(product.rgba, size))
+        for k, label in enumerate(draw_labels(k_here, product.unsuitable, rng, available_rate, product.size_class)):
+            maps = render(product, label, np.random.default_rng([seed, pid, 2, k]))
+            yield Sample(
+                f"p{pid:05d}_{k:02d}.png", label, product.caption, cutout, _to_u8(_down(maps["generated"], size)),
+                _to_u8(_down(maps["depth"], size)), _to_u8(_down(maps["saliency"], size)),
+            )  # fmt: skip
+
+
 def generate_rf1m(
     out: str, n: int, seed: int = 0, size: int = 64, images_per_product: int = 4, available_rate: float = 0.55
 ) -> dict[str, int]:
@@ -394,34 +425,23 @@ def generate_rf1m(
     Returns:
         Count of images per label.
     """
-    if n < 1 or images_per_product < 1:
-        raise ValueError("n and images_per_product must be >= 1")
-    res = 2 * size
     for sub in ("generated", "product", "depth", "saliency"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     counts = dict.fromkeys(LABELS, 0)
     label_lines, caption_lines = [], []
-    n_products = -(-n // images_per_product)
-    for pid in range(n_products):
-        product = make_product(pid, seed, res)
-        rng = np.random.default_rng([seed, pid, 1])
-        k_here = min(images_per_product, n - pid * images_per_product)
-        product_png = cv2.cvtColor(_to_u8(_down(product.rgba, size)), cv2.COLOR_RGBA2BGRA)
-        for k, label in enumerate(draw_labels(k_here, product.unsuitable, rng, available_rate, product.size_class)):
-            name = f"p{pid:05d}_{k:02d}.png"
-            maps = render(product, label, np.random.default_rng([seed, pid, 2, k]))
-            gen = cv2.cvtColor(_to_u8(_down(maps["generated"], size)), cv2.COLOR_RGB2BGR)
-            cv2.imwrite(os.path.join(out, "generated", name), gen)
-            cv2.imwrite(os.path.join(out, "product", name), product_png)
-            cv2.imwrite(os.path.join(out, "depth", name), _to_u8(_down(maps["depth"], size)))
-            cv2.imwrite(os.path.join(out, "saliency", name), _to_u8(_down(maps["saliency"], size)))
-            label_lines.append(f"{name}\t{label}\n")
-            caption_lines.append(f"{name}\t{product.caption}\n")
-            counts[label] += 1
+    for sample in iter_samples(n, seed, size, images_per_product, available_rate):
+        name = sample.name
+        cv2.imwrite(os.path.join(out, "generated", name), cv2.cvtColor(sample.generated, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(os.path.join(out, "product", name), cv2.cvtColor(sample.product, cv2.COLOR_RGBA2BGRA))
+        cv2.imwrite(os.path.join(out, "depth", name), sample.depth)
+        cv2.imwrite(os.path.join(out, "saliency", name), sample.saliency)
+        label_lines.append(f"{name}\t{sample.label}\n")
+        caption_lines.append(f"{name}\t{sample.caption}\n")
+        counts[sample.label] += 1
     with open(os.path.join(out, "caption.txt"), "w") as f:
         f.writelines(caption_lines)
     # label.txt last: its presence marks a complete dataset.
     with open(os.path.join(out, "label.txt"), "w") as f:
         f.writelines(label_lines)
-    logger.info("wrote %d images of %d products to %s: %s", n, n_products, out, counts)
+    logger.info("wrote %d images of %d products to %s: %s", n, -(-n // images_per_product), out, counts)
     return counts
