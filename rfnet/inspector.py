@@ -273,6 +273,7 @@ def _stand_top(mask: np.ndarray) -> float | None:
     rows = np.nonzero(mask.any(axis=1))[0]
     widths = mask[rows].sum(axis=1).astype(np.float64)
     height = len(rows)
+    tops = []
     for skip in (0, max(1, int(0.1 * height))):  # without, then with a foot plate
         ref = widths[height - 1 - skip]
         if ref >= 0.8 * widths.max():
@@ -283,8 +284,8 @@ def _stand_top(mask: np.ndarray) -> float | None:
                 break
             run += 1
         if run >= 0.06 * height:
-            return float(rows[height - skip - run])
-    return None
+            tops.append(float(rows[height - skip - run]))
+    return min(tops) if tops else None  # the longer run: a foot plate alone is not the stand
 
 
 def _wall_floor(image: np.ndarray, usable: np.ndarray, bottom: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -324,12 +325,14 @@ def _horizon(image, usable, wall, floor) -> int | None:
 
 def _shadow_row(image, mask, background, floor, bottom) -> float | None:
     """Centre row of the contact shadow under the product (pixels at under ~0.6 of the floor's brightness,
-    in the product's columns, from just above the base to a fifth of the canvas below), or None."""
+    in the columns under its base, from just above the base to a fifth of the canvas below), or None."""
     if floor is None:
         return None
     s = image.shape[0]
-    cols = np.nonzero(mask.any(axis=0))[0]
-    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    # The shadow is centred under the base, at least as wide as 10% of the canvas.
+    cols = np.nonzero(mask[bottom])[0]
+    centre, half = (cols[0] + cols[-1]) / 2, max((cols[-1] - cols[0]) / 2 * 0.75, 0.05 * s)
+    x0, x1 = max(0, int(centre - half)), min(s, int(centre + half) + 1)
     y0, y1 = max(0, bottom - max(1, s // 40)), min(s, bottom + s // 5)
     lum = image[y0:y1, x0:x1].mean(-1)
     floor_lum = max(float(floor.mean()), 1.0)
@@ -451,18 +454,14 @@ def _tile_period(image: np.ndarray, usable: np.ndarray) -> float | None:
     """The period (px) of the vertical tile lines, from the spectrum of the column profile."""
     s = image.shape[0]
     lum = image.mean(-1)
-    rows_ok = usable.sum(axis=1) > s // 2
-    if rows_ok.sum() < 4:
+    # Rows free of the product, decor and window give a clean profile: each pixel's deviation from its
+    # row's median, then per column the median over those rows.
+    clean = usable.all(axis=1)
+    if clean.sum() < 4:
         return None
-    sub = lum[rows_ok]
-    ok = usable[rows_ok]
-    # deviation of each pixel from its row's median, then per column the median over rows
-    dev = sub - np.median(np.where(ok, sub, np.nan), axis=1, keepdims=True)
-    dev = np.where(ok, dev, np.nan)
-    seen = ok.any(axis=0)  # columns the product covers on every usable row have no profile
-    profile = np.zeros(s)
-    profile[seen] = np.nanmedian(dev[:, seen], axis=0)
-    profile[seen] -= profile[seen].mean()
+    sub = lum[clean]
+    profile = np.median(sub - np.median(sub, axis=1, keepdims=True), axis=0)
+    profile -= profile.mean()
     if np.abs(profile).max() < 1.5:
         return None
     # The strongest frequency of the profile, or the lowest sub-multiple of it that is nearly as strong
