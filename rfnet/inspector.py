@@ -60,9 +60,9 @@ class InspectorThresholds:
     """Unsuitable: more sharp corners than this in the outline above the stand (a cut or a bite makes two)."""
     near_colour: float = 48.0
     """Indistinctiveness: wall and floor both this close to the product's palette."""
-    ext_colour: float = 32.0
+    ext_colour: float = 40.0
     """Shape Hallucination: a background pixel this close to a product colour continues the product."""
-    ext_area: float = 0.0006
+    ext_area: float = 0.0002
     """Shape Hallucination: attached product-coloured area, as a fraction of the canvas."""
     legs: float = 0.07
     """Shape Hallucination: a column under the base nearer the product's colour than the floor's, this long
@@ -364,6 +364,11 @@ def _extension_area(image, mask, palette, glass, bottom, max_dist) -> float:
     n, comp = cv2.connectedComponents(seed, connectivity=8)
     attached = np.isin(comp, np.unique(comp[mask]))
     ext = attached & like
+    # A fringe a few pixels wide along the outline (a blend of product and background, as a generator's
+    # decoder leaves it) changes no shape: an opening keeps only growth at least ~3% of the canvas thick.
+    radius = max(1, round(0.015 * s))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    ext = cv2.morphologyEx(ext.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
     band = np.zeros_like(mask)
     band[max(0, bottom - s // 30) : bottom + s // 30 + 1] = True
     return float((ext & ~band).sum())
