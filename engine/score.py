@@ -22,7 +22,7 @@ from cluster.paths import ModelPathError, checked_path
 from engine.columns import encode_lists
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
-from rfnet.config import INSPECTOR, MAP_PRESET_NAMES, PRESET_NAMES
+from rfnet.config import INSPECTOR, MAP_PRESET_NAMES, PRESET_NAMES, TRAINED_RFNETS
 
 FIXED_RATE_PREFIX = "fixed-rate:"
 
@@ -30,7 +30,8 @@ FIXED_RATE_PREFIX = "fixed-rate:"
 @dataclass
 class ScorerConfig:
     rfnet: str = "tiny"
-    """``tiny`` | an RFNet checkpoint folder | ``inspector`` | ``fixed-rate:P`` (benchmarks only, see module doc)."""
+    """``tiny`` | ``toy`` (shipped, trained) | an RFNet checkpoint folder | ``inspector`` | ``fixed-rate:P``
+    (benchmarks only, see module doc)."""
     threshold: float | None = None
     """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
     depth: str = "tiny"
@@ -62,7 +63,7 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
     """
     from rfnet.checkpoint import CONFIG_NAME, read_meta
 
-    if rfnet not in (*PRESET_NAMES, INSPECTOR) and not rfnet.startswith(FIXED_RATE_PREFIX):
+    if rfnet not in (*PRESET_NAMES, *TRAINED_RFNETS, INSPECTOR) and not rfnet.startswith(FIXED_RATE_PREFIX):
         try:
             read_meta(rfnet)  # config.json, the weights file and the label set: its error names all three
         except FileNotFoundError as err:

@@ -240,8 +240,9 @@ MIX_CAPTION = Option(("--mix-caption",), "prefix each product's caption to the p
 # --- the scorer: RFNet and its depth and saliency models
 RFNET = Option(
     ("--rfnet",),
-    "RFNet: tiny | paper (random-weight presets) | a checkpoint folder | inspector (the rule-based judge of the "
-    "synthetic world); refresh also takes 'fixed-rate:P', a benchmark-only scorer accepting a known fraction P",
+    "RFNet: tiny | paper (random-weight presets) | toy (trained on the toy generator's images) | a checkpoint "
+    "folder | inspector (the rule-based judge of the synthetic world); refresh also takes 'fixed-rate:P', a "
+    "benchmark-only scorer accepting a known fraction P",
     default="tiny",
 )
 THRESHOLD = Option(

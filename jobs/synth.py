@@ -1,6 +1,10 @@
 """``adloop synth rf1m|scenes --n N --output DIR --seed S``: write synthetic data sets.
 
 - ``rf1m``: an RF1M-format dataset with programmatic defects (see ``rfnet/synth.py`` for each label);
+  with ``--maps toy`` its depth and saliency maps are the toy models' maps of each image instead of the
+  renderer's;
+- ``rf1m --from-generator``: an RF1M of *generated* images: the generator's outputs for ``--n`` products
+  of the world, labelled by the inspector, maps by ``--depth`` / ``--saliency`` (``toy/rf1m.py``);
 - ``scenes``: the toy generator's training scenes (``toy/scenes.py``), Parquet shards + ``scenes.json``.
 """
 
@@ -29,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     add(p, "--render-size", type=int, default=64, help="side in px of the rendered images [old spelling: --size]")
     add(p, "--images-per-product", type=int, default=4, help="images (scenes) per product")
     add(p, "--available-rate", type=float, default=0.55, help="share of Available among good cutouts")
+    add(p, "--maps", choices=("render", "toy"), default="render",
+        help="depth/saliency maps: the renderer's ideal ones, or the toy models' maps of each image")  # fmt: skip
+    g = p.add_argument_group("--from-generator: generated images judged by the inspector (--n = products)")
+    add(g, "--from-generator", action="store_true", help="write the generator's images, not renders")
+    for option in (opts.BASE_MODEL, opts.CONTROLNET, opts.STEPS, opts.GUIDANCE_SCALE, opts.DEPTH, opts.SALIENCY):
+        option.add(g)
+    add(g, "--canvas", type=int, help="generation canvas side in px (default: the model's, 128 for toy)")
+    p.set_defaults(base_model="toy", depth="toy", saliency="toy")  # the trained toy world
     s = sub.add_parser(
         "scenes",
         help="training scenes of the toy generator: Parquet shards + scenes.json",
@@ -55,14 +67,32 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"out": args.output, "counts": counts}))
         return 0
 
-    from rfnet.synth import generate_rf1m
-
     write_resolved_config(args, args.output)
+    if args.from_generator:
+        from engine.config import GeneratorConfig
+        from toy.rf1m import write_generated_rf1m
+
+        gen = GeneratorConfig.for_model(
+            args.base_model, size=args.canvas, steps=args.steps, controlnet=args.controlnet,
+            guidance_scale=args.guidance_scale,
+        )  # fmt: skip
+        result = write_generated_rf1m(
+            args.output, args.n, gen, images_per_product=args.images_per_product, seed=args.seed,
+            depth=args.depth, saliency=args.saliency,
+        )  # fmt: skip
+        print(json.dumps({"out": args.output, "counts": result["counts"], "seconds": result["seconds"]}))
+        return 0
+
+    from rfnet.synth import generate_rf1m
 
     counts = generate_rf1m(
         args.output, args.n, seed=args.seed, size=args.render_size,
         images_per_product=args.images_per_product, available_rate=args.available_rate,
     )  # fmt: skip
+    if args.maps == "toy":
+        from toy.rf1m import write_maps
+
+        write_maps(args.output, "toy", "toy")
     print(json.dumps({"out": args.output, "counts": counts}))
     return 0
 

@@ -19,7 +19,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from rfnet.config import LABELS, PRESET_NAMES, RFNetConfig, preset
+from rfnet.config import LABELS, PRESET_NAMES, TRAINED_RFNETS, RFNetConfig, preset
 from rfnet.model import RFNet
 from rfnet.preprocess import Preprocess
 from rfnet.text import load_tokenizer
@@ -94,11 +94,17 @@ def read_meta(folder: str) -> dict:
     return meta
 
 
+def resolve(path_or_preset: str) -> str:
+    """The folder of a shipped trained checkpoint (``TRAINED_RFNETS``, e.g. ``toy``); anything else as it is."""
+    return TRAINED_RFNETS.get(path_or_preset, path_or_preset)
+
+
 def load(path_or_preset: str, device: str | torch.device = "cpu") -> tuple[RFNet, Preprocess]:
     """Load an RFNet (in eval mode) and the preprocessing that goes with it.
 
     Args:
-        path_or_preset: ``"tiny"`` / ``"paper"`` (random weights, seed 0) or a checkpoint folder from ``save``.
+        path_or_preset: ``"tiny"`` / ``"paper"`` (random weights, seed 0), ``"toy"`` (shipped, trained) or a
+            checkpoint folder from ``save``.
         device: where to put the model.
 
     Raises:
@@ -107,6 +113,7 @@ def load(path_or_preset: str, device: str | torch.device = "cpu") -> tuple[RFNet
     if path_or_preset in PRESET_NAMES:
         model, prep = build(preset(path_or_preset))
         return model.to(device).eval(), prep
+    path_or_preset = resolve(path_or_preset)
     meta = read_meta(path_or_preset)
     cfg = RFNetConfig.from_dict(meta["rfnet"])
     tok_dir = os.path.join(path_or_preset, TOKENIZER_DIR)
@@ -120,7 +127,7 @@ def threshold_of(path_or_preset: str) -> float:
     """The decision threshold stored in a checkpoint (0.5 for presets)."""
     if path_or_preset in PRESET_NAMES:
         return 0.5
-    return float(read_meta(path_or_preset)["threshold"])
+    return float(read_meta(resolve(path_or_preset))["threshold"])
 
 
 def model_id(path_or_preset: str) -> str:
@@ -128,7 +135,8 @@ def model_id(path_or_preset: str) -> str:
     if path_or_preset in PRESET_NAMES:
         return path_or_preset
     h = hashlib.sha256()
-    with open(os.path.join(path_or_preset, WEIGHTS_NAME), "rb") as f:
+    with open(os.path.join(resolve(path_or_preset), WEIGHTS_NAME), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return f"{os.path.basename(os.path.normpath(path_or_preset))}-{h.hexdigest()[:10]}"
+    name = path_or_preset if path_or_preset in TRAINED_RFNETS else os.path.basename(os.path.normpath(path_or_preset))
+    return f"{name}-{h.hexdigest()[:10]}"

@@ -126,20 +126,24 @@ class RFNetConfig:
 
 
 PRESET_NAMES = ("tiny", "paper")
-"""The presets of RFNet (``preset``, random weights) and (``tiny``) of its tokenizer. Loaders of an RFNet
-"preset or checkpoint folder" check against these. A trained RFNet preset shipped with the package (as
-``toy`` is for the map models) would be added here and resolved in ``rfnet.checkpoint``."""
+"""The architecture presets of RFNet (``preset``, random weights) and (``tiny``) of its tokenizer."""
 
 MAP_PRESET_NAMES = ("tiny", "paper", "toy")
-INSPECTOR = "inspector"
-"""The scorer name of ``rfnet.inspector.Inspector``, the independent rule-based judge (no weights)."""
 """The presets of the depth and saliency models (``rfnet.depth.load_depth``, ``rfnet.saliency.load_saliency``):
 ``tiny`` and ``paper`` are random weights, ``toy`` the weights trained on synthetic scenes by
 ``adloop train-maps`` and shipped in ``rfnet/assets/toy/``. Loaders and path checks of a depth or saliency
 "preset or folder" check against these, never against ``PRESET_NAMES``."""
 
 TOY_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "toy")
-"""Folder of the shipped ``toy`` weights: ``depth/`` (a transformers folder) and ``saliency/``."""
+"""Folder of the shipped ``toy`` weights: ``depth/`` (a transformers folder), ``saliency/`` and ``rfnet/``."""
+
+TRAINED_RFNETS = {"toy": os.path.join(TOY_ASSETS, "rfnet")}
+"""RFNet checkpoints shipped with the package, by name: ``toy`` is trained on the toy generator's images
+labelled by the inspector (docs/benchmarks.md). A loader of "preset or checkpoint folder" resolves these
+names with ``rfnet.checkpoint.resolve``."""
+
+INSPECTOR = "inspector"
+"""The scorer name of ``rfnet.inspector.Inspector``, the independent rule-based judge (no weights)."""
 
 
 def preset(name: str) -> RFNetConfig:
