@@ -19,16 +19,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rfnet", required=True, help="RFNet checkpoint folder or toy")
-    p.add_argument("--data", required=True, help="a generated RF1M folder (labels: the inspector's)")
-    p.add_argument("--depth", default="toy")
-    p.add_argument("--saliency", default="toy")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--output")
-    args = p.parse_args()
-
+def score_generated_set(
+    rfnet: str, data: str, depth: str = "toy", saliency: str = "toy", batch_size: int = 64
+) -> dict:
+    """AP on Available, accuracy, acceptance agreement and confusion of ``rfnet`` on the generated set ``data``."""
     import cv2
     import numpy as np
 
@@ -37,21 +31,23 @@ def main() -> int:
     from rfnet.data import read_rf1m
     from rfnet.metrics import average_precision, confusion_matrix
 
-    examples = read_rf1m(args.data)
-    scorer = Scorer(args.rfnet, device="cpu", depth=args.depth, saliency=args.saliency)
+    examples = read_rf1m(data)
+    scorer = Scorer(rfnet, device="cpu", depth=depth, saliency=saliency)
     probs, accepted = [], []
-    for i in range(0, len(examples), args.batch_size):
-        chunk = examples[i : i + args.batch_size]
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
         images = np.stack([cv2.imread(e.generated)[..., ::-1] for e in chunk])
-        cutouts = np.stack([cv2.cvtColor(cv2.imread(e.product, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA) for e in chunk])
+        cutouts = np.stack(
+            [cv2.cvtColor(cv2.imread(e.product, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA) for e in chunk]
+        )
         result = scorer.score(cutouts, images, [e.caption for e in chunk])
         probs.append(result.probabilities)
         accepted.append(result.accepted)
     probs, accepted = np.concatenate(probs), np.concatenate(accepted)
     labels = np.array([e.label for e in examples])
     inspector_ok = labels == 0
-    out = {
-        "rfnet": args.rfnet, "data": args.data, "n": len(examples), "threshold": scorer.threshold,
+    return {
+        "rfnet": rfnet, "data": data, "n": len(examples), "threshold": scorer.threshold,
         "inspector_available": int(inspector_ok.sum()),
         "ap_available": average_precision(inspector_ok, probs[:, 0]),
         "accuracy": float((probs.argmax(1) == labels).mean()),
@@ -59,6 +55,17 @@ def main() -> int:
         "inspector_agrees_with_accepted": float(inspector_ok[accepted].mean()) if accepted.any() else float("nan"),
         "confusion": confusion_matrix(labels, probs.argmax(1)).tolist(), "labels": list(LABELS),
     }  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rfnet", required=True, help="RFNet checkpoint folder or toy")
+    p.add_argument("--data", required=True, help="a generated RF1M folder (labels: the inspector's)")
+    p.add_argument("--depth", default="toy")
+    p.add_argument("--saliency", default="toy")
+    p.add_argument("--output")
+    args = p.parse_args()
+    out = score_generated_set(args.rfnet, args.data, args.depth, args.saliency)
     print(json.dumps(out, indent=2))
     if args.output:
         with open(args.output, "w") as f:

@@ -49,7 +49,12 @@ RUNS = {
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--data", help="existing RF1M folder; default: generate one under --out")
+    p.add_argument(
+        "--data", action="append", help="existing RF1M folder (repeat to merge sets); default: generate one"
+    )
+    p.add_argument("--eval-generated", help="also score each run on this generated RF1M against its inspector labels")
+    p.add_argument("--depth", default="tiny", help="depth model recorded with each checkpoint (and used to score)")
+    p.add_argument("--saliency", default="tiny", help="saliency model recorded with each checkpoint")
     p.add_argument("--n", type=int, default=8000, help="images to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -86,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(
             data=data, output=os.path.join(args.out, name.replace("/", "").replace(" ", "_")), name="rfnet",
             model=preset("tiny").replace(modalities=RUNS[name]), strategy=args.strategy, num_workers=args.workers,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, depth=args.depth,
+            saliency=args.saliency,
         )  # fmt: skip
         t = time.perf_counter()
         metrics = fit(cfg)
@@ -98,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             "macro_f1": test["macro_f1"], "per_class_f1": test["per_class_f1"], "n_test": test["n"],
             "train_samples_per_s": metrics["train_samples_per_s"],
         }  # fmt: skip
+        if args.eval_generated:
+            from bench.rfnet_on_generated import score_generated_set
+
+            scored = score_generated_set(
+                os.path.join(cfg.output, "rfnet"), args.eval_generated, args.depth, args.saliency
+            )
+            results[name]["generated"] = {
+                k: scored[k] for k in ("ap_available", "accuracy", "inspector_available", "n")
+            }
         logging.info("%s: AP %.4f F1 %.4f in %.0f s", name, test["ap"], test["f1"], wall)
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
@@ -105,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     full = results.get("full")
     print(
         f"\n{'run':<16} {'paper AP':>9} {'paper drop':>11} {'our AP':>8} {'our drop':>9} {'F1':>6} {'wall s':>7} epochs"
+        "  generated AP (drop)"
     )
     for name, r in results.items():
         paper_drop = PAPER_AP[name] - PAPER_AP["full"]
         drop = 100 * (r["ap"] - full["ap"]) if full else float("nan")
+        gen = r.get("generated", {}).get("ap_available", float("nan"))
+        gen_drop = 100 * (gen - full.get("generated", {}).get("ap_available", float("nan"))) if full else float("nan")
         print(f"{name:<16} {PAPER_AP[name]:>9.2f} {paper_drop:>+11.2f} {100 * r['ap']:>8.2f} {drop:>+9.2f} "
-              f"{100 * r['f1']:>6.2f} {r['wall_s']:>7.0f} {r.get('epochs', '?')}")  # fmt: skip
+              f"{100 * r['f1']:>6.2f} {r['wall_s']:>7.0f} {r.get('epochs', '?'):>6}  {100 * gen:.2f} ({gen_drop:+.2f})")  # fmt: skip
     if full:
         print("\nper-class F1 (full):", {k: round(v, 3) for k, v in full["per_class_f1"].items()})
         ok = full["ap"] >= 0.90 and full["wall_s"] <= 900
