@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/adloop refresh --input engine/assets/samples.jsonl --output $(DEMO_OUT) --base-model toy
+	$(VENV)/bin/adloop refresh --input engine/assets/samples.jsonl --output $(DEMO_OUT) --base-model toy \
+		--rfnet toy --depth toy --saliency toy
 
 # The report test renders the page in headless Chromium (Debian's package); the review test drives it
 # through Debian's chromedriver with Selenium. CI runs as root.

@@ -5,8 +5,10 @@ rising during RFFT cannot just be RFNet being fooled. Here nobody can look, so t
 people. It is neither RFNet nor differentiable, and learns nothing: it measures the image with the
 world's own definitions (``rfnet.synth``) and applies them in a fixed order.
 
-1. **Unsuitable**: the cutout is truncated (a long straight edge that is not the flat base of the product
-   or the side of its stand) or damaged (holes, or a bite: a deep round notch in the outline).
+1. **Unsuitable**: the cutout is truncated or damaged: holes, a deep notch in the outline, or sharp corners
+   (a straight cut or a bite meets the smooth outline of the world's products at a corner), apart from a
+   stand's joints. These rules know the world's product shapes, so they apply to products whose caption
+   states the world's size class (``real size: ...``); a mug's handle or a box's corners are not damage.
 2. **Indistinctiveness**: wall and floor both take the product's colours.
 3. **Shape Hallucination**: product-coloured pixels outside the cutout, attached to its silhouette (the
    contact shadow's band under the base is left out: under a dark product a shadow looks like it).
@@ -39,6 +41,8 @@ from rfnet.synth import SIZE_CLASSES, TILE_PERIOD, WINDOW_HEIGHT
 
 # The window glass of every synthetic scene (``rfnet.synth.render``).
 WINDOW_RGB = np.array((200, 225, 245), np.float32)
+# How the world's captions state the size class ("a striped red mug, real size: small").
+WORLD_CAPTION = re.compile(r"real size:\s*(small|medium|large)", re.IGNORECASE)
 # Caption heights (cm) that separate the size classes when the caption gives a measure, not a class.
 SIZE_CM = ((30.0, "small"), (100.0, "medium"))
 # Class boundaries of the scene scale: the geometric means between neighbouring classes of the renderer.
@@ -85,7 +89,7 @@ class Verdict:
 
 def caption_size_class(caption: str) -> str | None:
     """The size class a caption states: ``real size: small`` or a height such as ``25 cm tall``; else None."""
-    m = re.search(r"real size:\s*(small|medium|large)", caption, re.IGNORECASE)
+    m = WORLD_CAPTION.search(caption)
     if m:
         return m.group(1).lower()
     m = re.search(r"(\d+(?:\.\d+)?)\s*(cm|m)\b", caption)
@@ -146,9 +150,13 @@ class Inspector:
         inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         palette = _palette(product_rgba[..., :3].astype(np.float32)[inner if inner.sum() >= 16 else mask])
 
-        m.update(_cutout_measures(alpha))
-        if m["hole_area"] > self.t.hole_area or m["notch_depth"] > self.t.notch_depth or m["corners"] > self.t.corners:
-            return Verdict("Unsuitable", m)
+        # The cutout rules know the world's products (smooth bodies, some on a stand), which its captions
+        # mark with their size class; a handle's hole or a box's corners elsewhere are no damage.
+        if WORLD_CAPTION.search(caption):
+            m.update(_cutout_measures(alpha))
+            t = self.t
+            if m["hole_area"] > t.hole_area or m["notch_depth"] > t.notch_depth or m["corners"] > t.corners:
+                return Verdict("Unsuitable", m)
 
         s = mask.shape[0]
         rows = np.nonzero(mask.any(axis=1))[0]

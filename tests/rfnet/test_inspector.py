@@ -4,6 +4,7 @@ hand flips its verdict to that defect, it reads the caption's size class, and ba
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,22 @@ def test_score_stage_takes_the_inspector():
     out = stage(batch)
     assert out["scorer_id"].tolist() == ["inspector", "inspector"]
     assert out["accepted"].tolist() == [[True], [False]]  # the failed row passes through unscored
+
+
+def test_cutout_rules_apply_to_the_worlds_products_only(inspector):
+    # The bundled gift box has square corners, the mug a handle's hole: damage in a product of the world
+    # (its captions say "real size: ..."), the product's own shape anywhere else.
+    from engine.config import ConditioningConfig
+    from engine.prepare import PromptPolicy, condition_row
+
+    samples = Path(__file__).resolve().parents[2] / "engine" / "assets" / "samples"
+    for name, caption in (
+        ("box-007.jpg", "a gift box with a ribbon, 20 cm wide"),
+        ("mug-002.png", "a mug, 10 cm tall"),
+    ):
+        path = samples / name
+        cutout = condition_row(name, path.read_bytes(), str(path), 1, ConditioningConfig(size=128), PromptPolicy())[
+            "product_rgba"
+        ]
+        assert inspector.judge(cutout, cutout[..., :3], caption).label != "Unsuitable"
+        assert inspector.judge(cutout, cutout[..., :3], "a box, real size: small").label == "Unsuitable"
