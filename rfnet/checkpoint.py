@@ -47,8 +47,10 @@ def _self_contained(model: RFNet) -> RFNetConfig:
     text = getattr(model, "text_encoder", None)
     if text is not None:
         kwargs = _encoder_kwargs(text.config.to_diff_dict())
-        # Defaults are left out of a diff dict; these two must never fall back to the tokenizer's guess.
-        kwargs |= {"vocab_size": text.config.vocab_size, "pad_token_id": text.config.pad_token_id}
+        # Defaults are left out of a diff dict; these two must never fall back to the tokenizer's guess, and
+        # the architecture (a BERT is not a RoBERTa: their position ids differ) is kept.
+        kwargs |= {"vocab_size": text.config.vocab_size, "pad_token_id": text.config.pad_token_id,
+                   "model_type": text.config.model_type}  # fmt: skip
         changes |= {"text_encoder": kwargs, "text_encoder_path": None}
     return cfg.replace(**changes, tokenizer=TOKENIZER_DIR)
 

@@ -75,7 +75,8 @@ class RFNetConfig:
     text_encoder: dict[str, Any] = field(default_factory=_tiny_roberta)
     """``transformers.RobertaConfig`` kwargs of the caption encoder (``vocab_size`` comes from the tokenizer)."""
     text_encoder_path: str | None = None
-    """Local folder of a transformers RoBERTa/XLM-R to start from (paper: a RoBERTa, fine-tuned)."""
+    """Local folder of a transformers BERT, RoBERTa or XLM-R to start from, loaded as the architecture its
+    ``config.json`` names (paper: a RoBERTa, fine-tuned; JD's "Chinese RoBERTa" models are BERTs)."""
     tokenizer: str = "tiny"
     """``"tiny"`` (a word-level tokenizer built in code, no files) or a local tokenizer folder."""
     max_caption_tokens: int = 32

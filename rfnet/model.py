@@ -5,7 +5,11 @@ The network follows the paper (docs/paper.md §3.2):
 1. A ResNet trunk (``transformers.ResNetModel``) encodes each image modality into a grid of tokens,
    projected to ``width``, plus a learned position embedding and a learned per-modality embedding.
    By default one trunk is shared by all four images (docs/paper.md §8, Q3).
-2. A RoBERTa encoder (``transformers.RobertaModel``) encodes the caption; its tokens are projected to ``width``.
+2. A text encoder encodes the caption; its tokens are projected to ``width``. Built, it is a RoBERTa
+   (``transformers.RobertaModel``); loaded from a folder, any BERT, RoBERTa or XLM-R family checkpoint,
+   through ``AutoModel`` with the architecture its ``config.json`` names (the "Chinese RoBERTa" models
+   used for JD's product titles are BERT-architecture checkpoints: as a ``RobertaModel`` they would load
+   with every position embedding shifted by the padding offset, and no error).
 3. The Feature Filter Module: the product tokens query the caption,
    ``e_f = Conv(Conv(CrossAttn(Q=e_o, K=V=e_c)) * Conv(e_o)) + e_o`` (1x1 convs over tokens, i.e. Linear).
 4. ``fusion_layers`` self-attention layers over ``[CLS] + e_f + e_g + e_d + e_s``, then a linear head on CLS.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import ResNetConfig, ResNetModel, RobertaConfig, RobertaModel
+from transformers import AutoConfig, AutoModel, ResNetConfig, ResNetModel, RobertaConfig, RobertaModel
 
 from rfnet.config import IMAGE_MODALITIES, RFNetConfig
 from rfnet.text import load_tokenizer
@@ -59,15 +63,55 @@ def _image_trunk(cfg: RFNetConfig) -> ResNetModel:
     return ResNetModel(ResNetConfig(**cfg.image_encoder))
 
 
-def _text_encoder(cfg: RFNetConfig) -> RobertaModel:
+# Caption encoders a folder may hold (``config.json`` ``model_type``): the BERT family and its relatives.
+TEXT_ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
+
+
+class PretrainedWeightsError(ValueError):
+    """A pretrained folder that is not a supported architecture, or whose weights do not fit it."""
+
+
+def load_text_encoder(path: str) -> nn.Module:
+    """The caption encoder in ``path`` (a transformers folder), with every weight of the checkpoint loaded.
+
+    Raises:
+        PretrainedWeightsError: ``config.json`` names an unsupported architecture, or the weights miss keys
+            the architecture needs or carry keys it does not have (both listed).
+    """
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type not in TEXT_ENCODER_TYPES:
+        raise PretrainedWeightsError(
+            f"{path}/config.json: model_type {config.model_type!r} is not a supported caption encoder; "
+            f"expected one of {', '.join(TEXT_ENCODER_TYPES)}"
+        )
+    model, info = AutoModel.from_pretrained(
+        path, config=config, local_files_only=True, add_pooling_layer=False, output_loading_info=True
+    )
+    # The pooler is not used (RFNet reads the token states), so its weights may be absent or unused.
+    missing = [k for k in info["missing_keys"] if "pooler" not in k]
+    unexpected = [k for k in info["unexpected_keys"] if "pooler" not in k]
+    if missing or unexpected or info.get("mismatched_keys"):
+        raise PretrainedWeightsError(
+            f"{path}: the weights do not fit {type(model).__name__}: missing {missing}, unexpected "
+            f"{unexpected}, mismatched shapes {info.get('mismatched_keys', [])}"
+        )
+    return model
+
+
+def _text_encoder(cfg: RFNetConfig) -> nn.Module:
     if cfg.text_encoder_path:
-        return RobertaModel.from_pretrained(cfg.text_encoder_path, local_files_only=True, add_pooling_layer=False)
+        return load_text_encoder(cfg.text_encoder_path)
     kwargs = dict(cfg.text_encoder)
+    model_type = kwargs.pop("model_type", "roberta")  # what a checkpoint of a loaded encoder records
+    if model_type not in TEXT_ENCODER_TYPES:
+        raise PretrainedWeightsError(f"text_encoder model_type {model_type!r}: expected one of {TEXT_ENCODER_TYPES}")
     if "vocab_size" not in kwargs or "pad_token_id" not in kwargs:
         tokenizer = load_tokenizer(cfg.tokenizer)
         kwargs.setdefault("vocab_size", len(tokenizer))
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    return RobertaModel(RobertaConfig(**kwargs), add_pooling_layer=False)
+    if model_type == "roberta":
+        return RobertaModel(RobertaConfig(**kwargs), add_pooling_layer=False)
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs), add_pooling_layer=False)
 
 
 class RFNet(nn.Module):
