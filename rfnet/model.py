@@ -57,9 +57,32 @@ class FeatureFilter(nn.Module):
         return self.conv_out(self.conv_attn(attended) * self.conv_gate(e_o)) + e_o
 
 
+def load_image_trunk(path: str) -> ResNetModel:
+    """The ResNet trunk in ``path``: a ``ResNetModel`` folder or a classifier's (``microsoft/resnet-50``'s
+    layout, whose ``resnet.`` prefix transformers strips), with every trunk weight loaded.
+
+    Raises:
+        PretrainedWeightsError: ``config.json`` names another architecture, or the weights do not fit.
+    """
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type != "resnet":
+        raise PretrainedWeightsError(
+            f"{path}/config.json: model_type {config.model_type!r} is not a supported image trunk; expected 'resnet'"
+        )
+    model, info = ResNetModel.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
+    # A classifier's head is not part of the trunk.
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith("classifier")]
+    if info["missing_keys"] or unexpected or info.get("mismatched_keys"):
+        raise PretrainedWeightsError(
+            f"{path}: the weights do not fit ResNetModel: missing {info['missing_keys']}, unexpected {unexpected}, "
+            f"mismatched shapes {info.get('mismatched_keys', [])}"
+        )
+    return model
+
+
 def _image_trunk(cfg: RFNetConfig) -> ResNetModel:
     if cfg.image_encoder_path:
-        return ResNetModel.from_pretrained(cfg.image_encoder_path, local_files_only=True)
+        return load_image_trunk(cfg.image_encoder_path)
     return ResNetModel(ResNetConfig(**cfg.image_encoder))
 
 

@@ -1,7 +1,7 @@
 """Caption encoders from local folders in their real formats: a BERT-architecture "Chinese RoBERTa" (the
 usual encoder of JD's product titles) loads as the BERT it is, with every weight, and survives a checkpoint
 round trip; a RoBERTa loads as a RoBERTa; an unsupported architecture or weights that do not fit fail at
-once, naming the folder and the keys."""
+once, naming the folder and the keys; a ResNet-50 classifier folder gives the image trunk every weight."""
 
 from __future__ import annotations
 
@@ -92,3 +92,20 @@ def test_unsupported_architecture_and_bad_weights_fail_with_names(tmp_path):
     save_file(weights, os.path.join(folder, "model.safetensors"))
     with pytest.raises(PretrainedWeightsError, match=r"missing \[.*query\.weight.*unexpected \['extra\.weight'\]"):
         build(_cfg(folder))
+
+
+def test_resnet50_classifier_folder_loads_every_trunk_weight(tmp_path):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    folder = str(tmp_path / "resnet-50")
+    torch.manual_seed(2)
+    # microsoft/resnet-50's layout: ResNetConfig's defaults are ResNet-50, saved as a classifier.
+    ResNetForImageClassification(ResNetConfig()).save_pretrained(folder)
+    model, _ = build(preset("tiny").replace(image_encoder_path=folder))
+    saved = load_file(os.path.join(folder, "model.safetensors"))
+    trunk = {f"resnet.{k}": v for k, v in model.image_encoder.state_dict().items()}
+    expected = {k: v for k, v in saved.items() if k.startswith("resnet.")}
+    assert set(expected) == set(trunk) and all(torch.equal(trunk[k], v) for k, v in expected.items())
+
+    with pytest.raises(PretrainedWeightsError, match="model_type 'bert' is not a supported image trunk"):
+        build(preset("tiny").replace(image_encoder_path=_bert_folder(tmp_path)))
