@@ -1,7 +1,7 @@
 """``adloop synth rf1m|scenes --n N --output DIR --seed S``: write synthetic data sets.
 
 - ``rf1m``: an RF1M-format dataset with programmatic defects (see ``rfnet/synth.py`` for each label);
-  with ``--maps toy`` its depth and saliency maps are the toy models' maps of each image instead of the
+  with ``--toy-maps`` its depth and saliency maps are the toy models' maps of each image instead of the
   renderer's;
 - ``rf1m --from-generator``: an RF1M of *generated* images: the generator's outputs for ``--n`` products
   of the world, labelled by the inspector, maps by ``--depth`` / ``--saliency`` (``toy/rf1m.py``);
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     add(p, "--render-size", type=int, default=64, help="side in px of the rendered images [old spelling: --size]")
     add(p, "--images-per-product", type=int, default=4, help="images (scenes) per product")
     add(p, "--available-rate", type=float, default=0.55, help="share of Available among good cutouts")
-    add(p, "--maps", choices=("render", "toy"), default="render",
-        help="depth/saliency maps: the renderer's ideal ones, or the toy models' maps of each image")  # fmt: skip
+    add(p, "--toy-maps", action="store_true",
+        help="store the toy depth/saliency models' maps of each image instead of the renderer's ideal maps")  # fmt: skip
     g = p.add_argument_group("--from-generator: generated images judged by the inspector (--n = products)")
     add(g, "--from-generator", action="store_true", help="write the generator's images, not renders")
     for option in (opts.BASE_MODEL, opts.CONTROLNET, opts.STEPS, opts.GUIDANCE_SCALE, opts.DEPTH, opts.SALIENCY):
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output, args.n, seed=args.seed, size=args.render_size,
         images_per_product=args.images_per_product, available_rate=args.available_rate,
     )  # fmt: skip
-    if args.maps == "toy":
+    if args.toy_maps:
         from toy.rf1m import write_maps
 
         write_maps(args.output, "toy", "toy")

@@ -21,9 +21,7 @@ import sys
 from jobs import args as opts
 from jobs.args import add, job_parser, parse, write_resolved_config
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
-
-# The recipe's defaults (rfnet.train.TrainConfig, which imports torch), shown in --help; None takes the config's.
-_RECIPE = {"name": "rfnet", "epochs": 10, "batch_size": 32, "lr": 1e-4}
+from rfnet.train_config import recipe_default
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "the threshold is calibrated again on the new validation split",
     )
     opts.OUTPUT.add(p, required=True)
-    opts.RUN_NAME.add(p, recipe_default=_RECIPE["name"])
+    opts.RUN_NAME.add(p, recipe_default=recipe_default("name"))
     add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
     opts.IMAGE_SIZE.add(p, recipe_default="the preset's")
     add(p, "--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
@@ -49,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     opts.CPUS_PER_WORKER.add(p)
     opts.GPU.add(p)
     opts.DTYPE.add(p)
-    opts.EPOCHS.add(p, recipe_default=f"{_RECIPE['epochs']}; the lr drops 10x halfway")
-    opts.BATCH_SIZE.add(p, recipe_default=_RECIPE["batch_size"])
-    opts.LR.add(p, recipe_default=f"{_RECIPE['lr']:g}, before the drop")
+    opts.EPOCHS.add(p, recipe_default=f"{recipe_default('epochs')}; the lr drops 10x halfway")
+    opts.BATCH_SIZE.add(p, recipe_default=recipe_default("batch_size"))
+    opts.LR.add(p, recipe_default=f"{recipe_default('lr'):g}, before the drop")
     add(p, "--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     add(p, "--maps", default="dataset", choices=("dataset", "compute"), help="depth/saliency source")
     opts.DEPTH.add(p)
