@@ -45,11 +45,6 @@ WINDOW_RGB = np.array((200, 225, 245), np.float32)
 WORLD_CAPTION = re.compile(r"real size:\s*(small|medium|large)", re.IGNORECASE)
 # Caption heights (cm) that separate the size classes when the caption gives a measure, not a class.
 SIZE_CM = ((30.0, "small"), (100.0, "medium"))
-# Class boundaries of the scene scale: the geometric means between neighbouring classes of the renderer.
-TILE_BOUNDS = (
-    np.sqrt(TILE_PERIOD["small"] * TILE_PERIOD["medium"]),
-    np.sqrt(TILE_PERIOD["medium"] * TILE_PERIOD["large"]),
-)
 
 
 @dataclass(frozen=True)
@@ -191,7 +186,7 @@ class Inspector:
             return Verdict("Space Mismatch", m)
 
         stated = caption_size_class(caption)
-        scene = _scene_scale(image, background & ~glass, glass, horizon, s)
+        scene = _scene_scale(image, background & ~glass, glass, s)
         m["caption_size"] = stated
         m.update(scene)
         if stated is not None and scene["scene_size"] is not None and scene["scene_size"] != stated:
@@ -421,10 +416,12 @@ def _depth_gap(depth: np.ndarray, mask: np.ndarray, bottom: int) -> float:
     return product - float(np.median(depth[around]))
 
 
-def _scene_scale(image, usable, glass, horizon, s) -> dict:
-    """The scene's size class from its floor tile period and its window, each read where it can be."""
-    tile = _tile_period(image, usable) / s if _tile_period(image, usable) else None
-    window = _window_height(glass) / s if _window_height(glass) else None
+def _scene_scale(image, usable, glass, s) -> dict:
+    """The scene's size class from its floor tile period and its window, each read where it can be: the
+    class whose renderer scale is nearest on a log scale."""
+    period, height = _tile_period(image, usable), _window_height(glass)
+    tile = period / s if period else None
+    window = height / s if height else None
     votes = []
     if window is not None:
         inner = {k: v * 0.8 for k, v in WINDOW_HEIGHT.items()}  # the glass, less its frame

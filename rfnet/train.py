@@ -89,6 +89,8 @@ def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
     for ``depth`` and ``saliency``), and paths this machine does not have (an fsspec URI, a folder only the
     workers see), pass unchanged."""
 
+    from rfnet.checkpoint import resolve
+
     def absolute(path: str | None, presets: tuple[str, ...] = PRESET_NAMES) -> str | None:
         return checked_path(path, "path", presets=presets, required=False) if path else path
 
@@ -105,7 +107,8 @@ def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
         depth=absolute(cfg.depth, MAP_PRESET_NAMES),
         saliency=absolute(cfg.saliency, MAP_PRESET_NAMES),
         model=model,
-        init_from=absolute(cfg.init_from),
+        # a shipped checkpoint's name (``toy``) is its folder
+        init_from=absolute(resolve(cfg.init_from)) if cfg.init_from else None,
     )
 
 

@@ -95,12 +95,9 @@ def write_generated_rf1m(
     docstring); returns its provenance: label counts, failures and timing."""
     import time
 
-    import torch
-
     from engine.config import ConditioningConfig
-    from engine.models import build_pipeline
-    from engine.prepare import ProductImageError, PromptPolicy, condition_row
-    from rfft.evaluate import generate_rows
+    from engine.generate import GenerateStage
+    from engine.prepare import ProductImageError, PromptPolicy, condition_row, stack_rows
     from rfnet.depth import load_depth
     from rfnet.inspector import Inspector
     from rfnet.saliency import load_saliency
@@ -110,7 +107,7 @@ def write_generated_rf1m(
     start = time.perf_counter()
     for sub in ("generated", "product", "depth", "saliency"):
         os.makedirs(os.path.join(output, sub), exist_ok=True)
-    pipe = build_pipeline(gen)
+    generate = GenerateStage(gen)  # the refresh job's own generation stage: model loaded once
     size = gen.size
     depth_model, saliency_model = load_depth(depth), load_saliency(saliency)
     inspector = Inspector()
@@ -128,8 +125,9 @@ def write_generated_rf1m(
         except ProductImageError as err:  # the world's cutouts are valid; a user's manifest might not be
             failures.append({"sku_id": sku, "error": str(err)})
             continue
-        with torch.no_grad():
-            images = generate_rows(pipe, pipe.controlnet, rows, gen, batch_size=batch_size)
+        images = np.concatenate([
+            generate(stack_rows(rows[i : i + batch_size]))["generated"] for i in range(0, len(rows), batch_size)
+        ])  # fmt: skip
         cutouts = np.stack([r["product_rgba"] for r in rows])
         d, s = maps_for(images, depth_model, saliency_model)
         for k, row in enumerate(rows):

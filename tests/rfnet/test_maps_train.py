@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import jobs.train_maps
-from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES, TOY_ASSETS
+from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES, TOY_ASSETS, TRAINED_RFNETS
 from rfnet.depth import load_depth
 from rfnet.maps_train import depth_rmse, evaluate_maps, render_set, saliency_f_measure
 from rfnet.saliency import load_saliency
@@ -64,15 +64,16 @@ def test_shipped_toy_models_are_small_and_beat_the_random_tiny_ones(fresh_render
     assert toy["saliency_mae"] < 0.5 * tiny["saliency_mae"]
 
 
-def test_toy_is_a_map_preset_only():
+def test_toy_names_a_map_preset_and_a_trained_rfnet():
     from engine.models import ModelPathError
     from engine.score import checked_scorer_paths
     from rfnet.train import TrainConfig, absolute_local_paths
 
-    assert "toy" in MAP_PRESET_NAMES and "toy" not in PRESET_NAMES
-    assert checked_scorer_paths("tiny", "toy", "toy") == ("tiny", "toy", "toy")
-    with pytest.raises(ModelPathError, match="toy"):
-        checked_scorer_paths("toy", "tiny", "tiny")  # RFNet has no toy preset (yet)
+    # For RFNet, toy is a shipped trained checkpoint (TRAINED_RFNETS), not an architecture preset.
+    assert "toy" in MAP_PRESET_NAMES and "toy" not in PRESET_NAMES and "toy" in TRAINED_RFNETS
+    assert checked_scorer_paths("toy", "toy", "toy") == ("toy", "toy", "toy")
+    with pytest.raises(ModelPathError, match="toyish"):
+        checked_scorer_paths("toyish", "tiny", "tiny")
     cfg = absolute_local_paths(TrainConfig(data="d", output="o", maps="compute", depth="toy", saliency="toy"))
     assert (cfg.depth, cfg.saliency) == ("toy", "toy")
 
