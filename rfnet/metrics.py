@@ -48,14 +48,16 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n: int = len(LAB
     return cm
 
 
-def calibrate_threshold(p_available: np.ndarray, is_available: np.ndarray, target_precision: float) -> float:
-    """The lowest threshold whose precision on Available reaches ``target_precision`` (0.5 when none does)."""
+def calibrate_threshold(p_available: np.ndarray, is_available: np.ndarray, target_precision: float) -> float | None:
+    """The lowest threshold whose precision on Available reaches ``target_precision`` (over at least 10
+    accepted samples); None when none does, so the caller can say so rather than pass a default off as
+    calibrated."""
     p_available, is_available = np.asarray(p_available, np.float64), np.asarray(is_available, bool)
     for t in np.unique(p_available):  # ascending: the first hit keeps the most recall
         keep = p_available >= t
         if keep.sum() >= 10 and is_available[keep].mean() >= target_precision:
             return float(t)
-    return 0.5
+    return None
 
 
 def evaluate(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:

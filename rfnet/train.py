@@ -427,8 +427,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         # --- evaluate (val), pick the threshold, checkpoint
         probs, labels = _predict(unwrapped, prep, val, cfg, device)
+        calibrated = None
         if cfg.target_precision is not None:
-            threshold = calibrate_threshold(probs[:, 0], labels == 0, cfg.target_precision)
+            calibrated = calibrate_threshold(probs[:, 0], labels == 0, cfg.target_precision)
+            if calibrated is None and rank == 0:
+                logger.warning("epoch %d: no threshold reaches %.0f%% precision on Available in val; it stays 0.5",
+                               epoch, 100 * cfg.target_precision)  # fmt: skip
+        threshold = 0.5 if calibrated is None else calibrated
         val_metrics = evaluate(probs, labels, threshold)
         history.append(
             {
@@ -439,6 +444,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "val_ap": val_metrics["ap"],
                 "val_f1": val_metrics["f1"],
                 "val_accuracy": val_metrics["accuracy"],
+                "threshold": threshold,
+                # False: no threshold reached target_precision on val (or none was asked for); 0.5 is kept
+                "threshold_calibrated": calibrated is not None,
             }
         )
         metrics = {

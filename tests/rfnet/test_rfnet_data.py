@@ -205,3 +205,4 @@ def test_evaluate_and_confusion_matrix():
     y = p > 0.3
     t = calibrate_threshold(p, y, 0.95)
     assert y[p >= t].mean() >= 0.95 and t <= 0.31
+    assert calibrate_threshold(p, np.zeros_like(y), 0.95) is None  # unreachable: said, not replaced by 0.5

@@ -41,6 +41,10 @@ def _check_outputs(out: str, metrics: dict) -> None:
     assert np.array(test["confusion_matrix"]).sum() == test["n"]
     assert set(test["per_class_f1"]) == set(rfnet.LABELS)
     assert metrics["train_samples_per_s"] > 0
+    last = metrics["history"][-1]  # whether val precision reached the target is said, not hidden behind 0.5
+    assert isinstance(last["threshold_calibrated"], bool) and (
+        last["threshold_calibrated"] or last["threshold"] == 0.5
+    )
     # the final folder is a checkpoint the scorer loads
     scorer = rfnet.Scorer(os.path.join(out, "rfnet"), device="cpu")
     assert scorer.preprocess.size == 32 and 0 <= scorer.threshold <= 1
