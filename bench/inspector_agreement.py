@@ -18,6 +18,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def judge_shipped(inspector, sku_id: str, product: bytes, image_uri: str, attempt: int, caption: str, image) -> str:
+    """The inspector's label of ``image`` (RGB uint8), the SKU's attempt ``attempt``, with its cutout laid out
+    again exactly as the refresh laid it out (``engine.prepare.condition_row`` on the image's canvas)."""
+    from engine.config import ConditioningConfig
+    from engine.prepare import PromptPolicy, condition_row
+
+    cond = condition_row(sku_id, product, image_uri, attempt, ConditioningConfig(size=image.shape[0]), PromptPolicy(),
+                         caption)  # fmt: skip
+    return inspector.judge(cond["product_rgba"], image, caption).label
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="an adloop refresh output folder")
@@ -25,15 +36,12 @@ def main() -> int:
 
     import numpy as np
     import pyarrow.parquet as pq
-    import yaml
     from PIL import Image
 
-    from engine.config import ConditioningConfig
-    from engine.prepare import PromptPolicy, condition_row, read_image_bytes
+    from engine.prepare import read_image_bytes
     from rfnet.inspector import Inspector
 
-    with open(os.path.join(args.out, "config.yaml")) as f:
-        size = int(yaml.safe_load(f).get("size") or 128)
+    size = None
     rows = pq.read_table(os.path.join(args.out, "results")).to_pylist()
     inspector, verdicts = Inspector(), []
     for row in rows:
@@ -45,10 +53,10 @@ def main() -> int:
         if not os.path.isfile(image_path):  # older outputs stored paths relative to the job's directory
             image_path = row["image_path"]
         image = np.asarray(Image.open(image_path).convert("RGB"))
-        cond = condition_row(row["sku_id"], read_image_bytes(row["image_uri"]), row["image_uri"], row["attempts"],
-                             ConditioningConfig(size=image.shape[0]), PromptPolicy(), row["caption"] or "")  # fmt: skip
-        verdict = inspector.judge(cond["product_rgba"], image, row["caption"] or "")
-        verdicts.append({"sku_id": row["sku_id"], "attempts": row["attempts"], "inspector": verdict.label})
+        size = image.shape[0]
+        label = judge_shipped(inspector, row["sku_id"], read_image_bytes(row["image_uri"]), row["image_uri"],
+                              row["attempts"], row["caption"] or "", image)  # fmt: skip
+        verdicts.append({"sku_id": row["sku_id"], "attempts": row["attempts"], "inspector": label})
     agree = sum(v["inspector"] == "Available" for v in verdicts)
     print(json.dumps({"accepted": len(verdicts), "inspector_accepts": agree,
                       "agreement": agree / len(verdicts) if verdicts else None, "canvas": size,

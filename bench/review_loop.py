@@ -43,13 +43,13 @@ def write_catalog(out: str, n: int, seed: int, size: int) -> str:
     return manifest
 
 
-def inspector_reviews(out: str, size: int) -> dict:
+def inspector_reviews(out: str) -> dict:
     """Label every candidate of both queues with the inspector; returns the counts of what it decided."""
     import numpy as np
     from PIL import Image
 
-    from engine.config import ConditioningConfig
-    from engine.prepare import PromptPolicy, condition_row, read_image_bytes
+    from bench.inspector_agreement import judge_shipped
+    from engine.prepare import read_image_bytes
     from engine.review import QUEUES, ReviewSession
     from rfnet.inspector import Inspector
 
@@ -58,15 +58,14 @@ def inspector_reviews(out: str, size: int) -> dict:
     for queue in QUEUES:
         for item in session.items(queue):
             caption = item["caption"]
-            row = next(s for s in session.queues[queue] if s.sku_id == item["sku_id"]).row
+            row = session.index[(queue, item["sku_id"])].row
             product = read_image_bytes(row["image_uri"])
             labels = {}
             for c in item["candidates"]:
                 path, _ = session.image_file(queue, item["index"], c["id"])
                 image = np.asarray(Image.open(path).convert("RGB"))
-                cond = condition_row(item["sku_id"], product, row["image_uri"], c["attempt"],
-                                     ConditioningConfig(size=size), PromptPolicy(), caption)  # fmt: skip
-                labels[c["id"]] = inspector.judge(cond["product_rgba"], image, caption).label
+                labels[c["id"]] = judge_shipped(inspector, item["sku_id"], product, row["image_uri"], c["attempt"],
+                                                caption, image)  # fmt: skip
             accept = next((cid for cid, label in labels.items() if label == "Available"), None)
             session.decide({"sku_id": item["sku_id"], "queue": queue, "accept": accept, "labels": labels})
             counts[queue]["skus"] += 1
@@ -99,7 +98,7 @@ def main() -> int:
     with open(os.path.join(refresh_out, "summary.json")) as f:
         refresh = json.load(f)["status"]
     t = time.perf_counter()
-    reviewed = inspector_reviews(refresh_out, args.size)
+    reviewed = inspector_reviews(refresh_out)
     timings["review_s"] = time.perf_counter() - t
     subprocess.run([ADLOOP, "review", "export", refresh_out, "--to", export, "--depth", "toy", "--saliency", "toy"],
                    check=True, env=env)  # fmt: skip

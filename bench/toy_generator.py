@@ -25,21 +25,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def write_products(out: str, n: int, seed: int, size: int) -> str:
     """A JSONL manifest of ``n`` held-out product cutouts (RGBA PNGs, unplaced, as a catalog holds them)."""
-    import cv2
-    import numpy as np
-    from PIL import Image
-
-    from rfnet.synth import make_product
+    from toy.rf1m import product_cutouts
 
     folder = os.path.join(out, "products")
     os.makedirs(folder, exist_ok=True)
     rows = []
-    for pid in range(n):
-        product = make_product(pid, seed, 2 * size)
-        rgba = cv2.resize(product.rgba, (size, size), interpolation=cv2.INTER_AREA)
+    for pid, product in enumerate(product_cutouts(n, seed, size)):
         path = os.path.join(folder, f"h{pid:04d}.png")
-        Image.fromarray(np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8), "RGBA").save(path)
-        rows.append({"sku_id": f"h{pid:04d}", "image_uri": path, "caption": product.caption})
+        with open(path, "wb") as f:
+            f.write(product["image_bytes"])
+        rows.append({"sku_id": f"h{pid:04d}", "image_uri": path, "caption": product["caption"]})
     manifest = os.path.join(out, "held_out.jsonl")
     with open(manifest, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -83,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import GeneratorConfig
     from engine.models import build_pipeline
-    from rfft.evaluate import Evaluator, load_products
-    from rfnet import Scorer
-    from rfnet.config import INSPECTOR
-    from rfnet.inspector import Inspector
+    from rfft.evaluate import Evaluator, judges, load_products
 
     torch.set_num_threads(2)
     os.makedirs(args.out, exist_ok=True)
@@ -95,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         base_model=args.base_model, controlnet=args.controlnet, size=args.size, steps=args.steps, device="cpu"
     )
     pipe = build_pipeline(gen)
-    if args.rfnet == INSPECTOR:
-        scorer, inspector = Inspector(), None
-    else:
-        scorer = Scorer(args.rfnet, device="cpu", threshold=args.threshold, depth=args.depth, saliency=args.saliency)
-        inspector = Inspector()
+    scorer, inspector = judges(args.rfnet, "cpu", args.threshold, args.depth, args.saliency)
     evaluator = Evaluator(load_products(manifest), gen, scorer, run_seed=0, n_seeds=args.seeds, inspector=inspector)
     start = time.perf_counter()
     metrics = evaluator(pipe, pipe.controlnet)

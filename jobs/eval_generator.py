@@ -56,20 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from engine.models import build_pipeline
-    from rfft.evaluate import Evaluator, load_products
-    from rfnet import Scorer
-    from rfnet.config import INSPECTOR
-    from rfnet.inspector import Inspector
+    from rfft.evaluate import Evaluator, judges, load_products
 
     gen = generator_config(args)
     pipe = build_pipeline(gen)
-    if args.rfnet == INSPECTOR:
-        scorer, inspector = Inspector(), None
-    else:
-        scorer = Scorer(
-            args.rfnet, device=str(pipe.device), threshold=args.threshold, depth=args.depth, saliency=args.saliency
-        )
-        inspector = Inspector()
+    scorer, inspector = judges(args.rfnet, str(pipe.device), args.threshold, args.depth, args.saliency)
     products = load_products(args.products, limit=args.limit)
     evaluator = Evaluator(products, gen, scorer, args.run_seed, args.seeds, inspector=inspector)
     metrics = evaluator(pipe, pipe.controlnet, max_attempts=args.measure_attempts)

@@ -108,6 +108,19 @@ def diversity(images: np.ndarray, background: np.ndarray) -> tuple[float, float]
     return (float(np.mean(dists)) if dists else 0.0), (float(np.mean(stds)) if stds else 0.0)
 
 
+def judges(rfnet: str, device: str = "cpu", threshold: float | None = None, depth: str = "tiny",
+           saliency: str = "tiny"):  # fmt: skip
+    """The judge named ``rfnet`` and the inspector beside it: ``(Inspector(), None)`` when the inspector is
+    the judge itself, else ``(rfnet.Scorer(...), Inspector())``."""
+    from rfnet import Scorer
+    from rfnet.config import INSPECTOR
+    from rfnet.inspector import Inspector
+
+    if rfnet == INSPECTOR:
+        return Inspector(), None
+    return Scorer(rfnet, device=device, threshold=threshold, depth=depth, saliency=saliency), Inspector()
+
+
 class Evaluator:
     """Scores a generator on fixed held-out products and seeds (see the module docstring).
 

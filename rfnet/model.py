@@ -57,6 +57,22 @@ class FeatureFilter(nn.Module):
         return self.conv_out(self.conv_attn(attended) * self.conv_gate(e_o)) + e_o
 
 
+class PretrainedWeightsError(ValueError):
+    """A pretrained folder that is not a supported architecture, or whose weights do not fit it."""
+
+
+def _check_fit(path: str, model: nn.Module, info: dict, unused: str) -> None:
+    """Raise unless every weight ``model`` needs was in ``path`` and every weight there was used, apart from
+    keys containing ``unused`` (a part RFNet does not run: a classifier's head, a text pooler)."""
+    missing = [k for k in info["missing_keys"] if unused not in k]
+    unexpected = [k for k in info["unexpected_keys"] if unused not in k]
+    if missing or unexpected or info.get("mismatched_keys"):
+        raise PretrainedWeightsError(
+            f"{path}: the weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}, "
+            f"mismatched shapes {info.get('mismatched_keys', [])}"
+        )
+
+
 def load_image_trunk(path: str) -> ResNetModel:
     """The ResNet trunk in ``path``: a ``ResNetModel`` folder or a classifier's (``microsoft/resnet-50``'s
     layout, whose ``resnet.`` prefix transformers strips), with every trunk weight loaded.
@@ -70,13 +86,7 @@ def load_image_trunk(path: str) -> ResNetModel:
             f"{path}/config.json: model_type {config.model_type!r} is not a supported image trunk; expected 'resnet'"
         )
     model, info = ResNetModel.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
-    # A classifier's head is not part of the trunk.
-    unexpected = [k for k in info["unexpected_keys"] if not k.startswith("classifier")]
-    if info["missing_keys"] or unexpected or info.get("mismatched_keys"):
-        raise PretrainedWeightsError(
-            f"{path}: the weights do not fit ResNetModel: missing {info['missing_keys']}, unexpected {unexpected}, "
-            f"mismatched shapes {info.get('mismatched_keys', [])}"
-        )
+    _check_fit(path, model, info, unused="classifier")  # a classifier's head is not part of the trunk
     return model
 
 
@@ -88,10 +98,6 @@ def _image_trunk(cfg: RFNetConfig) -> ResNetModel:
 
 # Caption encoders a folder may hold (``config.json`` ``model_type``): the BERT family and its relatives.
 TEXT_ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
-
-
-class PretrainedWeightsError(ValueError):
-    """A pretrained folder that is not a supported architecture, or whose weights do not fit it."""
 
 
 def load_text_encoder(path: str) -> nn.Module:
@@ -110,14 +116,7 @@ def load_text_encoder(path: str) -> nn.Module:
     model, info = AutoModel.from_pretrained(
         path, config=config, local_files_only=True, add_pooling_layer=False, output_loading_info=True
     )
-    # The pooler is not used (RFNet reads the token states), so its weights may be absent or unused.
-    missing = [k for k in info["missing_keys"] if "pooler" not in k]
-    unexpected = [k for k in info["unexpected_keys"] if "pooler" not in k]
-    if missing or unexpected or info.get("mismatched_keys"):
-        raise PretrainedWeightsError(
-            f"{path}: the weights do not fit {type(model).__name__}: missing {missing}, unexpected "
-            f"{unexpected}, mismatched shapes {info.get('mismatched_keys', [])}"
-        )
+    _check_fit(path, model, info, unused="pooler")  # RFNet reads the token states, never the pooler
     return model
 
 
