@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     add(p, "--vae-lr", type=float, default=d.vae_lr, help="AdamW learning rate of the VAE stage")
     opts.LR.add(p, recipe_default=f"{d.lr:g}, for the UNet and ControlNet stages")
     add(p, "--prompt-dropout", type=float, default=d.prompt_dropout, help="share of unconditional prompts")
+    add(p, "--inpaint-share", type=float, default=d.inpaint_share,
+        help="share of UNet/ControlNet samples trained as generation shows them (product-on-white latents "
+        "outside the paint mask, loss on the painted cells)")  # fmt: skip
     for option in (opts.STRATEGY, opts.ZERO_STAGE, opts.WORKERS, opts.CPUS_PER_WORKER, opts.GPU, opts.SEED):
         option.add(p)
     add(p, "--log-every", type=int, default=d.log_every, help="steps per loss-curve point")
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             data=one_value(args.data, "--data"), output=args.output, stages=tuple(s for s in args.stages.split(",") if s),
             vae_steps=args.vae_steps, unet_steps=args.unet_steps, controlnet_steps=args.controlnet_steps,
             vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, vae_lr=args.vae_lr,
-            prompt_dropout=args.prompt_dropout, strategy=args.strategy, zero_stage=args.zero_stage,
+            prompt_dropout=args.prompt_dropout, inpaint_share=args.inpaint_share, strategy=args.strategy, zero_stage=args.zero_stage,
             num_workers=args.workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu, seed=args.seed,
             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
             **{k: v for k, v in recipe.items() if v is not None},

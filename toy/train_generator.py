@@ -40,35 +40,41 @@ from toy.config import STAGES, TRAINS, GeneratorTrainConfig
 
 logger = logging.getLogger(__name__)
 
-# The toy architecture: SD 1.5's layout (VAE with 4 levels = 8x down-sampling, 4 latent channels; a UNet
-# of cross-attention down/up blocks with one plain block at the bottom; a CLIP text encoder; a ControlNet
-# whose conditioning embedding also down-samples 8x), at widths that train on 2 CPU cores. At a 128 px
-# canvas the latents are 16 x 16, as SD 1.5's are 64 x 64 at 512 px.
+# The toy architecture: SD 1.5's layout (a KL autoencoder with 4 latent channels; a UNet of plain and
+# cross-attention down/up blocks; a CLIP text encoder; a ControlNet copied from the UNet) at widths that
+# train on 2 CPU cores. One change of proportion: the VAE down-samples 4x, not 8x, so a 128 px canvas has
+# 32 x 32 latents. SD 1.5 paints 512 px from 64 x 64 latents, a latent cell 1/64 of the canvas; at 8x a
+# 128 px canvas would get 16 x 16 cells of 8 px, coarser than the world's finest floor tiles (7 px), and a
+# product's outline would be blurred over a twelfth of the canvas (measured: docs/benchmarks.md).
 ARCH: dict[str, dict[str, Any]] = {
     "vae": {
-        "block_out_channels": (16, 32, 64, 64),
+        "block_out_channels": (16, 32, 64),
         "in_channels": 3,
         "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "up_block_types": ("UpDecoderBlock2D",) * 3,
         "latent_channels": 4,
         "layers_per_block": 1,
         "norm_num_groups": 8,
+        # No attention in the bottleneck: the VAE trains on crops, and attention would see a wider context
+        # on whole canvases than it learned on.
+        "mid_block_add_attention": False,
     },
     "unet": {
-        "block_out_channels": (32, 64, 64),
+        "block_out_channels": (32, 64, 64, 64),
         "layers_per_block": 1,
         "in_channels": 4,
         "out_channels": 4,
-        # Cross-attention at the 8 x 8 and 4 x 4 levels only: at 16 x 16 it cost a quarter of each training
-        # step on CPU, and the scene layout the prompt controls (colours, scale) is coarse.
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # Cross-attention at the 8 x 8 and 4 x 4 levels only: at 32 x 32 and 16 x 16 it would cost most of a
+        # training step on CPU, and what the prompt controls here (colours, scene scale) is coarse.
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         "cross_attention_dim": 64,
         "attention_head_dim": 8,
         "norm_num_groups": 16,
     },
-    "controlnet_extra": {"conditioning_embedding_out_channels": (16, 32, 64, 64)},
+    # The ControlNet's conditioning embedding down-samples the control image to the latent size (4x).
+    "controlnet_extra": {"conditioning_embedding_out_channels": (16, 32, 64)},
     "text": {
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -85,7 +91,9 @@ ARCH: dict[str, dict[str, Any]] = {
 
 
 class DecodeScenes:
-    """Ray Data ``map_batches`` callable: scene rows -> uint8 arrays, plus the generation-time control image."""
+    """Ray Data ``map_batches`` callable: scene rows -> uint8 arrays, plus what generation time gives the
+    pipeline for the scene's product: the control image, the init image (the product on white) and the
+    inpaint mask."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from engine.conditioning import build_condition
@@ -93,10 +101,15 @@ class DecodeScenes:
         from toy.scenes import decode_png
 
         images = np.stack([decode_png(b) for b in batch["image"]])
-        products = np.stack([decode_png(b) for b in batch["product"]])
-        cond = ConditioningConfig(size=images.shape[1])
-        control = np.stack([build_condition(p, cond).control[..., 0] for p in products])
-        return {"image": images, "control": control, "prompt": batch["prompt"]}
+        cfg = ConditioningConfig(size=images.shape[1])
+        conds = [build_condition(decode_png(b), cfg) for b in batch["product"]]
+        return {
+            "image": images,
+            "control": np.stack([c.control[..., 0] for c in conds]),
+            "init": np.stack([c.image for c in conds]),
+            "inpaint_mask": np.stack([c.inpaint_mask for c in conds]),
+            "prompt": batch["prompt"],
+        }
 
 
 def fit(cfg: GeneratorTrainConfig) -> dict[str, Any]:
@@ -268,14 +281,19 @@ class DenoiseLoss(nn.Module):
         super().__init__()
         self.unet, self.text_encoder, self.controlnet = unet, text_encoder, controlnet
 
-    def forward(self, noisy, timesteps, noise, input_ids, control=None) -> torch.Tensor:
+    def forward(self, noisy, timesteps, noise, input_ids, control=None, mask=None, sample_weight=None):
+        """Epsilon MSE; ``mask`` (B, 1, h, w) keeps the latent cells that count, ``sample_weight`` (B,) weighs
+        each sample's mean over them."""
         text = self.text_encoder(input_ids)[0]
         residuals = {}
         if self.controlnet is not None:
             down, mid = self.controlnet(noisy, timesteps, text, controlnet_cond=control, return_dict=False)
             residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         pred = self.unet(noisy, timesteps, text, **residuals).sample
-        return F.mse_loss(pred.float(), noise.float())
+        err = (pred.float() - noise.float()) ** 2
+        mask = torch.ones_like(err[:, :1]) if mask is None else mask
+        per_sample = (err * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * err.shape[1]).clamp(min=1.0)
+        return per_sample.mean() if sample_weight is None else (per_sample * sample_weight).mean()
 
 
 def _setup_strategy(cfg: GeneratorTrainConfig, module: nn.Module, lr: float, world: int):
@@ -330,6 +348,68 @@ def _batches(shard, batch_size: int, seed: int):
             local_shuffle_seed=seed + epoch,
         )
         epoch += 1
+
+
+@torch.no_grad()
+def _encode_shard(shard, vae: nn.Module, device) -> dict[str, Any]:
+    """One pass over this worker's shard: each scene's VAE posterior (mean, std), control image and prompt."""
+    cache: dict[str, list] = {k: [] for k in ("mean", "std", "init_mean", "init_std", "mask", "control", "prompt")}
+    for batch in shard.iter_batches(batch_size=64, batch_format="numpy"):
+        for prefix, column in (("", "image"), ("init_", "init")):
+            posterior = vae.encode(_pixels(batch[column], device)).latent_dist
+            cache[prefix + "mean"].append(posterior.mean.cpu())
+            cache[prefix + "std"].append(posterior.std.cpu())
+        cache["mask"].append(latent_mask(batch["inpaint_mask"], posterior.mean.shape[-1]))
+        cache["control"].append(batch["control"])
+        cache["prompt"].extend(str(p) for p in batch["prompt"])
+    return {
+        **{k: torch.cat(v) for k, v in cache.items() if k not in ("control", "prompt")},
+        "control": np.concatenate(cache["control"]),
+        "prompt": cache["prompt"],
+    }
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then a half cosine from 1 to 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + float(np.cos(np.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def _snr_weight(schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of epsilon-prediction losses at timesteps ``t``: min(SNR, gamma) / SNR."""
+    if gamma <= 0:
+        return torch.ones(len(t))
+    alpha_bar = schedule.alphas_cumprod.to(t.device)[t]
+    snr = alpha_bar / (1.0 - alpha_bar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def _sample(mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A draw from the VAE posterior N(mean, std^2)."""
+    return mean + std * torch.randn(mean.shape, generator=gen)
+
+
+def latent_mask(inpaint_mask: np.ndarray, latent_size: int) -> torch.Tensor:
+    """(B, S, S) uint8 {0, 255} inpaint masks -> (B, 1, h, h) float {0, 1}: 1 where the pipeline paints.
+
+    What ``StableDiffusionControlNetInpaintPipeline`` does to its mask: binarised at 0.5, then resized to
+    the latents with nearest-neighbour ``interpolate``.
+    """
+    mask = (torch.from_numpy(np.ascontiguousarray(inpaint_mask)).float() / 255.0 >= 0.5).float()[:, None]
+    return F.interpolate(mask, size=(latent_size, latent_size))
+
+
+def _cached_batches(cache: dict[str, Any], batch_size: int, rng: np.random.Generator):
+    """Endless shuffled batches of the encoded shard (every rank has as many rows, so as many steps)."""
+    n = len(cache["prompt"])
+    if n < batch_size:
+        raise ValueError(f"this worker's shard has {n} scenes, fewer than the batch size {batch_size}")
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            yield {k: [v[i] for i in idx] if k == "prompt" else v[idx] for k, v in cache.items()}
 
 
 def _pixels(images: np.ndarray, device) -> torch.Tensor:
@@ -436,31 +516,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Curve times count from the stage's start, across resumes (a resumed run goes on from its last point).
     window, recent = [], []
     t0 = time.perf_counter() - (state["curve"][-1]["s"] if state["curve"] else 0.0)
-    batches = _batches(shard, batch_size, cfg.seed + 1000 * STAGES.index(stage) + state["step"])
+    if stage == "vae":
+        batches = _batches(shard, batch_size, cfg.seed + 1000 * STAGES.index(stage) + state["step"])
+    else:
+        # The frozen VAE encodes each scene once per stage, not once per step: at 32 x 32 latents encoding
+        # cost more than half a UNet step. A latent is still sampled afresh from its posterior every time.
+        cache = _encode_shard(shard, vae, device)
+        batches = _cached_batches(cache, batch_size, rng)
     while state["step"] < total:
         batch = next(batches)
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (state["step"] + 1) / max(1, cfg.warmup_steps))
-        x = _pixels(batch["image"], device)
+            group["lr"] = lr * _lr_factor(state["step"], total, cfg.warmup_steps)
         if stage == "vae":
+            x = _pixels(batch["image"], device)
             if 0 < cfg.vae_crop < x.shape[-1]:
                 top, left = (int(v) for v in rng.integers(0, x.shape[-1] - cfg.vae_crop + 1, 2))
                 x = x[:, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
             loss = model(x)
             recent = [*recent[-7:], x]
         else:
-            with torch.no_grad():
-                latents = vae.encode(x).latent_dist.sample(generator=gen) * scaling
-            noise = torch.randn(latents.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(latents),), generator=gen).to(device)
-            noisy = noise_schedule.add_noise(latents, noise, t)
+            latents = _sample(batch["mean"], batch["std"], gen) * scaling
+            noise = torch.randn(latents.shape, generator=gen)
+            t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(latents),), generator=gen)
+            # ``inpaint_share`` of the rows see what generation gives the model: outside the paint mask, the
+            # product-on-white latents (the pipeline's blend), and the loss counts the painted cells only.
+            blend = torch.from_numpy(rng.random(len(latents)) < cfg.inpaint_share)[:, None, None, None]
+            mask = torch.where(blend, batch["mask"], torch.ones_like(batch["mask"]))
+            known = _sample(batch["init_mean"], batch["init_std"], gen) * scaling
+            noisy = noise_schedule.add_noise(mask * latents + (1 - mask) * known, noise, t)
+            noisy, noise, t, mask = noisy.to(device), noise.to(device), t.to(device), mask.to(device)
             text = _conditioning_text(batch["prompt"], rng, cfg, negatives)
             ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
             control = None
             if stage == "controlnet":
                 c = torch.from_numpy(np.ascontiguousarray(batch["control"])).to(device).float() / 255.0
                 control = c[:, None].expand(-1, 3, -1, -1)
-            loss = model(noisy, t, noise, ids.to(device), control)
+            loss = model(noisy, t, noise, ids.to(device), control, mask, _snr_weight(noise_schedule, t, cfg.snr_gamma))
         step_fn(loss)
         state["step"] += 1
         window.append(float(loss.detach()))

@@ -107,3 +107,24 @@ def test_a_later_stage_alone_needs_the_earlier_components(scenes, tmp_path, caps
     out = tmp_path / "out"
     assert jobs.train_generator.main(["--data", scenes, "--output", str(out), "--stages", "unet,controlnet"]) == 2
     assert "needs 'vae' from stage 'vae'" in capsys.readouterr().err
+
+
+def test_latent_mask_is_the_pipelines_own(trained):
+    """The inpainting share trains on the mask the pipeline paints under: the same binarising and resizing."""
+    from toy.train_generator import latent_mask
+
+    out, _ = trained
+    pipe = build_pipeline(GeneratorConfig(base_model=os.path.join(out, "pipeline"), size=SIZE, steps=2))
+    cond = ConditioningConfig(size=SIZE)
+    sample = os.path.join(os.path.dirname(__file__), "..", "..", "engine", "assets", "samples", "mug-002.png")
+    row = condition_row("mug-002", open(sample, "rb").read(), sample, 1, cond, PromptPolicy())
+    processed = pipe.mask_processor.preprocess(
+        (row["inpaint_mask"].astype(np.float32) / 255.0)[None, ..., None], height=SIZE, width=SIZE
+    )
+    latent = SIZE // 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    theirs, _ = pipe.prepare_mask_latents(
+        processed, processed.expand(-1, 3, -1, -1), 1, SIZE, SIZE, torch.float32, "cpu", None, False
+    )
+    ours = latent_mask(row["inpaint_mask"][None], latent)
+    assert ours.shape == theirs.shape == (1, 1, latent, latent)
+    assert torch.equal(ours, theirs) and 0 < ours.mean() < 1
