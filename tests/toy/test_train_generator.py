@@ -128,3 +128,29 @@ def test_latent_mask_is_the_pipelines_own(trained):
     ours = latent_mask(row["inpaint_mask"][None], latent)
     assert ours.shape == theirs.shape == (1, 1, latent, latent)
     assert torch.equal(ours, theirs) and 0 < ours.mean() < 1
+
+
+def test_learning_rate_warms_up_then_anneals_to_zero():
+    from toy.train_generator import _lr_factor
+
+    assert _lr_factor(0, 1000, 100) == pytest.approx(0.01)
+    assert _lr_factor(99, 1000, 100) == pytest.approx(1.0)
+    assert _lr_factor(100, 1000, 100) == pytest.approx(1.0)
+    assert _lr_factor(550, 1000, 100) == pytest.approx(0.5)  # half way through the cosine
+    assert _lr_factor(1000, 1000, 100) == pytest.approx(0.0)
+
+
+def test_min_snr_weights_cap_the_nearly_clean_steps():
+    from diffusers import DDPMScheduler
+
+    from engine.models import _SD15_SCHEDULE
+    from toy.train_generator import _snr_weight
+
+    schedule = DDPMScheduler(**_SD15_SCHEDULE)
+    t = torch.tensor([0, 100, 500, 999])
+    alpha_bar = schedule.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    w = _snr_weight(schedule, t, 5.0)
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert w[0] < 0.01 and w[-1] == 1.0  # t = 0 has SNR ~1000; the noisiest steps keep weight 1
+    assert torch.equal(_snr_weight(schedule, t, 0.0), torch.ones(4))
