@@ -16,6 +16,11 @@ Layout: the RF1M folders of ``rfnet.synth`` (``generated/ product/ depth/ salien
 caption.txt``) plus ``verdicts.jsonl`` (the inspector's label and measurements of each image) and
 ``provenance.json`` (generator, sampling, seeds). ``label.txt`` is written last: its presence marks a
 complete set. A product whose cutout cannot be laid out becomes a line of ``failures.jsonl``.
+
+Rerunning into the folder of a killed run resumes it: a product whose images are all on disk and readable
+is not generated again (PNG is lossless, so they are the images the run made); its labels and maps are
+recomputed, which is cheap and deterministic. ``run.json`` records what the images depend on (generator,
+sampling, world seed, images per product), and a rerun with other values is refused rather than mixed in.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ def write_generated_rf1m(
     start = time.perf_counter()
     for sub in ("generated", "product", "depth", "saliency"):
         os.makedirs(os.path.join(output, sub), exist_ok=True)
+    _claim_folder(output, gen, seed, images_per_product)
     generate = GenerateStage(gen)  # the refresh job's own generation stage: model loaded once
     size = gen.size
     depth_model, saliency_model = load_depth(depth), load_saliency(saliency)
@@ -115,6 +121,7 @@ def write_generated_rf1m(
     policy = PromptPolicy(run_seed=seed, rotate_after=1)  # a new template at every attempt
     counts: Counter = Counter()
     labels, captions, verdicts, failures = [], [], [], []
+    resumed = 0
     for product in product_cutouts(n_products, seed, size):
         sku, caption = product["sku_id"], product["caption"]
         try:
@@ -125,13 +132,18 @@ def write_generated_rf1m(
         except ProductImageError as err:  # the world's cutouts are valid; a user's manifest might not be
             failures.append({"sku_id": sku, "error": str(err)})
             continue
-        images = np.concatenate([
-            generate(stack_rows(rows[i : i + batch_size]))["generated"] for i in range(0, len(rows), batch_size)
-        ])  # fmt: skip
+        names = [f"{sku}_{k:02d}.png" for k in range(len(rows))]
+        images = _written_images(output, names)
+        if images is None:
+            images = np.concatenate([
+                generate(stack_rows(rows[i : i + batch_size]))["generated"]
+                for i in range(0, len(rows), batch_size)
+            ])  # fmt: skip
+        else:
+            resumed += 1
         cutouts = np.stack([r["product_rgba"] for r in rows])
         d, s = maps_for(images, depth_model, saliency_model)
-        for k, row in enumerate(rows):
-            name = f"{sku}_{k:02d}.png"
+        for k, (row, name) in enumerate(zip(rows, names, strict=True)):
             verdict = inspector.judge(cutouts[k], images[k], caption)
             cv2.imwrite(os.path.join(output, "generated", name), images[k][..., ::-1])
             cv2.imwrite(os.path.join(output, "product", name), cv2.cvtColor(cutouts[k], cv2.COLOR_RGBA2BGRA))
@@ -152,7 +164,7 @@ def write_generated_rf1m(
                       "guidance_scale": gen.guidance_scale, "scheduler": gen.scheduler},
         "products": {"world_seed": seed, "n": n_products, "images_per_product": images_per_product},
         "maps": {"depth": depth, "saliency": saliency}, "judge": inspector.model_id,
-        "counts": dict(counts), "failures": len(failures), "seconds": round(time.perf_counter() - start, 1),
+        "counts": dict(counts), "failures": len(failures), "resumed_products": resumed, "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
     with open(os.path.join(output, "provenance.json"), "w") as f:
         json.dump(provenance, f, indent=2)
@@ -162,6 +174,39 @@ def write_generated_rf1m(
         f.writelines(labels)
     logger.info("wrote %d generated images to %s: %s", len(labels), output, dict(counts))
     return provenance
+
+
+def _claim_folder(output: str, gen, seed: int, images_per_product: int) -> None:
+    """Record what this run's images depend on; refuse a folder holding another run's images."""
+    run = {"base_model": str(gen.base_model), "controlnet": gen.controlnet and str(gen.controlnet),
+           "size": gen.size, "steps": gen.steps, "guidance_scale": gen.guidance_scale,
+           "scheduler": gen.scheduler, "world_seed": seed, "images_per_product": images_per_product}  # fmt: skip
+    path = os.path.join(output, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = sorted(k for k in run.keys() | before.keys() if run.get(k) != before.get(k))
+        if changed:
+            raise ValueError(
+                f"{output} holds images of another run (differs in {', '.join(changed)}); "
+                "use a new output folder or the earlier settings"
+            )
+        return
+    with open(path, "w") as f:
+        json.dump(run, f, indent=2)
+
+
+def _written_images(output: str, names: list[str]) -> np.ndarray | None:
+    """The product's images as a killed run wrote them (RGB), or None if any is missing or unreadable."""
+    images = []
+    for name in names:
+        if not os.path.exists(os.path.join(output, "product", name)):  # written after its image: complete
+            return None
+        image = cv2.imread(os.path.join(output, "generated", name), cv2.IMREAD_COLOR)
+        if image is None:
+            return None
+        images.append(image[..., ::-1])
+    return np.stack(images)
 
 
 def _plain(measures: dict) -> dict:

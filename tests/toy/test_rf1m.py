@@ -82,3 +82,26 @@ def test_write_maps_replaces_a_rendered_sets_maps(tmp_path):
 def test_bad_counts_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n_products and images_per_product"):
         write_generated_rf1m(str(tmp_path / "x"), 0, GeneratorConfig.for_model("toy", steps=2))
+
+
+def test_a_rerun_resumes_a_killed_run_and_refuses_another_runs_folder(generated, tmp_path):
+    import shutil
+
+    out, provenance = generated
+    copy = str(tmp_path / "killed")
+    shutil.copytree(out, copy)
+    # what a kill leaves: no label.txt, one product's last cutout not yet written, one image truncated
+    os.remove(os.path.join(copy, "label.txt"))
+    os.remove(os.path.join(copy, "product", "p00001_01.png"))
+    with open(os.path.join(copy, "generated", "p00002_00.png"), "r+b") as f:
+        f.truncate(40)
+    gen = GeneratorConfig.for_model("toy", steps=2, device="cpu")
+    again = write_generated_rf1m(copy, 3, gen, images_per_product=2, seed=5)
+    assert again["resumed_products"] == 1  # p00000 only: the other two are generated again
+    assert again["counts"] == provenance["counts"]
+    assert open(os.path.join(copy, "label.txt")).read() == open(os.path.join(out, "label.txt")).read()
+    for name in ("p00000_00.png", "p00001_01.png"):  # resumed, and regenerated on the same machine
+        assert np.array_equal(_rgb(os.path.join(copy, "generated", name)), _rgb(os.path.join(out, "generated", name)))
+    other = GeneratorConfig.for_model("toy", steps=3, device="cpu")
+    with pytest.raises(ValueError, match="another run.*steps"):
+        write_generated_rf1m(copy, 3, other, images_per_product=2, seed=5)
