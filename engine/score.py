@@ -37,7 +37,8 @@ class ScorerConfig:
     depth: str = "tiny"
     """Depth model: ``tiny``, ``toy`` (trained on synthetic scenes) or a transformers depth-estimation folder."""
     saliency: str = "tiny"
-    """Saliency model: ``tiny``, ``toy`` (trained on synthetic scenes) or a saliency checkpoint folder."""
+    """Saliency model: ``tiny``, ``paper`` (U^2-Net, random), ``toy`` (trained on synthetic scenes), U^2-Net's
+    ``u2net.pth`` / ``u2netp.pth`` or a saliency checkpoint folder."""
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -59,7 +60,8 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
     (without loading weights) and made absolute by ``cluster.paths.checked_path``.
 
     Raises:
-        ModelPathError: a name that is neither a preset nor a folder holding that model.
+        ModelPathError: a name that is neither a preset nor a folder holding that model (nor, for saliency, a
+            ``.pth`` file).
     """
     from rfnet.checkpoint import CONFIG_NAME, read_meta
 
@@ -70,7 +72,9 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
             raise ModelPathError(str(err)) from None
         rfnet = checked_path(rfnet, "RFNet checkpoint", inside=CONFIG_NAME)
     depth = checked_path(depth, "depth model folder", presets=MAP_PRESET_NAMES, folder=True)
-    saliency = checked_path(saliency, "saliency model folder", presets=MAP_PRESET_NAMES, folder=True)
+    official = saliency.endswith((".pth", ".pt"))  # U^2-Net's own weights file (rfnet.saliency.load_u2net)
+    saliency = checked_path(saliency, "saliency model" if official else "saliency model folder", presets=MAP_PRESET_NAMES,
+                            folder=not official, suffixes=(".pth", ".pt") if official else None)  # fmt: skip
     return rfnet, depth, saliency
 
 

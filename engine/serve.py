@@ -68,7 +68,7 @@ class ScorerSettings(BaseModel):
     depth: str = "tiny"
     """Depth model: ``tiny`` / ``paper`` / a transformers depth-estimation folder."""
     saliency: str = "tiny"
-    """Saliency model: ``tiny`` / ``paper`` / a saliency checkpoint folder."""
+    """Saliency model: ``tiny`` / ``paper`` / ``toy`` / U^2-Net's ``u2net.pth`` or ``u2netp.pth`` / a saliency folder."""
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     """Most requests merged into one model call, per replica."""
     batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, le=10.0)

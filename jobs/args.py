@@ -249,10 +249,15 @@ THRESHOLD = Option(
     ("--threshold",), "accept when P(Available) >= T (default: the checkpoint's)", type=float, metavar="T"
 )
 DEPTH = Option(
-    ("--depth",), "depth model: tiny | paper (random) | toy (trained) | a transformers depth folder", default="tiny"
+    ("--depth",),
+    "depth model: tiny | paper (DPT-Large, random) | toy (trained) | a transformers depth folder",
+    default="tiny",
 )
 SALIENCY = Option(
-    ("--saliency",), "saliency model: tiny | paper (random) | toy (trained) | a saliency folder", default="tiny"
+    ("--saliency",),
+    "saliency model: tiny | paper (U^2-Net, random) | toy (trained) | u2net.pth or u2netp.pth (U^2-Net's weights) "
+    "| a saliency folder",
+    default="tiny",
 )
 
 # --- training jobs (train-rfnet, train-maps, train-generator): the defaults belong to each recipe's config

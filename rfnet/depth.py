@@ -21,11 +21,15 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
+from transformers import AutoConfig, AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
+from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
 from rfnet.config import TOY_ASSETS
 from rfnet.preprocess import resize
+from rfnet.weights import PretrainedWeightsError, check_fit
 
+DEPTH_TYPES = tuple(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
+"""The ``model_type`` values of transformers' depth-estimation models (DPT, GLPN, Depth Anything, ...)."""
 TOY_DEPTH = os.path.join(TOY_ASSETS, "depth")
 """The shipped ``toy`` depth model (``save_depth`` layout)."""
 
@@ -151,6 +155,33 @@ def save_depth(
         json.dump(processor, f, indent=2)
 
 
+# DPT's first fusion layer gets no residual input, so its residual conv never runs, and the released DPT
+# checkpoints (converted from the original code, which has no such layer) lack it.
+_NEVER_RUN = "fusion_stage.layers.0.residual_layer1"
+
+
+def load_depth_model(path: str) -> nn.Module:
+    """The transformers depth-estimation model in folder ``path``, every weight it runs loaded.
+
+    Raises:
+        PretrainedWeightsError: ``config.json`` names no depth-estimation architecture, or the weights miss keys
+            the model runs, carry keys it does not have, or differ in shape (all listed, the folder named).
+    """
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type not in DEPTH_TYPES:
+        raise PretrainedWeightsError(
+            f"{path}/config.json: model_type {config.model_type!r} is not a depth-estimation architecture; "
+            f"expected one of {', '.join(DEPTH_TYPES)}"
+        )
+    model, info = AutoModelForDepthEstimation.from_pretrained(
+        path, config=config, local_files_only=True, output_loading_info=True
+    )
+    missing = [k for k in info["missing_keys"] if _NEVER_RUN not in k]
+    mismatched = [f"{k}: {a} in the file, {b} expected" for k, a, b in info.get("mismatched_keys", [])]
+    check_fit(path, type(model).__name__, missing, info["unexpected_keys"], mismatched)
+    return model
+
+
 def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """Build or load the depth model.
 
@@ -162,6 +193,7 @@ def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: to
     Raises:
         FileNotFoundError: ``name`` is not a preset and not an existing folder (or the ``toy`` weights are
             missing from the package).
+        PretrainedWeightsError: the folder is not a depth-estimation model, or its weights do not fit.
     """
     mean, std, size, minmax = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 384, True
     if name == "toy":
@@ -175,7 +207,7 @@ def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: to
     elif name == "paper":
         model = DPTForDepthEstimation(DPTConfig(use_auxiliary_head=False))
     elif os.path.isdir(name):
-        model = AutoModelForDepthEstimation.from_pretrained(name, local_files_only=True)
+        model = load_depth_model(name)
         proc = os.path.join(name, "preprocessor_config.json")
         if os.path.exists(proc):
             with open(proc) as f:

@@ -1,7 +1,7 @@
 """Training recipe of the toy depth and saliency models: Ray Train ``TorchTrainer`` (DDP), CPU (gloo) or GPU.
 
-The depth model (a transformers ``DPTForDepthEstimation``) and the saliency model (``rfnet.saliency.U2Net``)
-learn to reproduce the maps ``rfnet.synth.render`` draws for each scene, from the rendered image alone.
+The depth model (a transformers ``DPTForDepthEstimation``) and the saliency model (a U^2-Net-style
+``rfnet.saliency.U2NetStyle``) learn to reproduce the maps ``rfnet.synth.render`` draws for each scene, from the rendered image alone.
 One file, read top to bottom:
 
 - ``MapsTrainConfig``: every knob, typed and documented.
@@ -346,7 +346,7 @@ def _freeze_unused(model: torch.nn.Module, probe) -> None:
 def _build(cfg: MapsTrainConfig) -> dict[str, torch.nn.Module]:
     from transformers import DPTConfig, DPTForDepthEstimation
 
-    from rfnet.saliency import U2Net
+    from rfnet.saliency import U2NetStyle
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     models: dict[str, torch.nn.Module] = {}
@@ -355,7 +355,7 @@ def _build(cfg: MapsTrainConfig) -> dict[str, torch.nn.Module]:
         size = int(cfg.depth_model["image_size"])
         _freeze_unused(models["depth"], lambda m: m(pixel_values=torch.zeros(1, 3, size, size)).predicted_depth)
     if "saliency" in cfg.models:
-        models["saliency"] = U2Net(cfg.saliency_model)
+        models["saliency"] = U2NetStyle(cfg.saliency_model)
     return models
 
 
@@ -383,7 +383,8 @@ def _estimators(models: dict[str, torch.nn.Module], cfg: MapsTrainConfig, device
         size = int(cfg.depth_model["image_size"])
         out["depth"] = DepthEstimator(model, size, DEPTH_MEAN, DEPTH_STD, cfg.depth_minmax).to(device)
     if "saliency" in models:
-        out["saliency"] = SaliencyEstimator(copy.deepcopy(models["saliency"])).to(device)
+        sal = cfg.saliency_model
+        out["saliency"] = SaliencyEstimator(copy.deepcopy(models["saliency"]), sal.input_size, sal.minmax).to(device)
     return out
 
 

@@ -29,12 +29,15 @@ Here ``images`` is (B, 3, H, W) float in [0, 1] and ``product`` is (B, 4, H, W) 
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, ResNetConfig, ResNetModel, RobertaConfig, RobertaModel
 
 from rfnet.config import IMAGE_MODALITIES, RFNetConfig
 from rfnet.text import load_tokenizer
+from rfnet.weights import PretrainedWeightsError, check_fit
 
 
 class FeatureFilter(nn.Module):
@@ -57,20 +60,13 @@ class FeatureFilter(nn.Module):
         return self.conv_out(self.conv_attn(attended) * self.conv_gate(e_o)) + e_o
 
 
-class PretrainedWeightsError(ValueError):
-    """A pretrained folder that is not a supported architecture, or whose weights do not fit it."""
-
-
 def _check_fit(path: str, model: nn.Module, info: dict, unused: str) -> None:
     """Raise unless every weight ``model`` needs was in ``path`` and every weight there was used, apart from
     keys containing ``unused`` (a part RFNet does not run: a classifier's head, a text pooler)."""
     missing = [k for k in info["missing_keys"] if unused not in k]
     unexpected = [k for k in info["unexpected_keys"] if unused not in k]
-    if missing or unexpected or info.get("mismatched_keys"):
-        raise PretrainedWeightsError(
-            f"{path}: the weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}, "
-            f"mismatched shapes {info.get('mismatched_keys', [])}"
-        )
+    mismatched = [f"{k}: {a} in the file, {b} expected" for k, a, b in info.get("mismatched_keys", [])]
+    check_fit(path, type(model).__name__, missing, unexpected, mismatched)
 
 
 def load_image_trunk(path: str) -> ResNetModel:
@@ -136,6 +132,20 @@ def _text_encoder(cfg: RFNetConfig) -> nn.Module:
     return AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs), add_pooling_layer=False)
 
 
+def _check_caption_length(cfg: RFNetConfig, config) -> None:
+    """Raise unless ``max_caption_tokens`` fits the caption encoder's position table (else the embedding lookup
+    fails mid-forward with an index error that names nothing)."""
+    # RoBERTa and XLM-R number positions from padding_idx + 1, so their last two table rows are never usable.
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0
+    positions = config.max_position_embeddings - offset
+    if cfg.max_caption_tokens > positions:
+        where = os.path.join(cfg.text_encoder_path, "config.json") if cfg.text_encoder_path else "text_encoder"
+        raise PretrainedWeightsError(
+            f"{where}: the caption encoder has {positions} positions, fewer than max_caption_tokens "
+            f"{cfg.max_caption_tokens}"
+        )
+
+
 class RFNet(nn.Module):
     """The reliability classifier. ``forward`` takes *preprocessed* tensors (see ``rfnet.preprocess``)."""
 
@@ -162,6 +172,7 @@ class RFNet(nn.Module):
 
         if "caption" in cfg.modalities:
             self.text_encoder = _text_encoder(cfg)
+            _check_caption_length(cfg, self.text_encoder.config)
             self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, cfg.width)
             if cfg.caption_in_fusion or "product" not in cfg.modalities:
                 self.caption_embed = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)  # modality embedding

@@ -1,17 +1,22 @@
-"""Saliency of the generated image (the paper's I_s, from U^2-Net): a U^2-Net-style model defined here.
+"""Saliency of the generated image (the paper's I_s, from U^2-Net): the real U^2-Net, or a small U^2-Net-style model.
 
-U^2-Net (Qin et al. 2020) stacks residual U-blocks (RSU) into an outer U: each encoder stage is a small
-U-Net with a residual connection, each decoder stage fuses the upsampled deeper stage with its skip,
-every decoder stage emits a side map, and a 1x1 conv fuses the side maps. This module keeps that
-structure with configurable heights and widths; it is *not* weight-compatible with the original
-``u2net.pth`` (the dilated RSU-4F stages are plain RSU-4 here). Weights are saved and loaded as a folder
-with ``config.json`` (``SaliencyConfig``) + ``model.safetensors``.
+``load_saliency`` accepts:
 
-``load_saliency`` accepts ``"tiny"``, ``"paper"`` (U^2-Net sizes, random weights), ``"toy"`` (``TOY`` sizes,
-trained by ``adloop train-maps`` on the synthetic scenes of ``rfnet.synth``, shipped in
-``rfnet/assets/toy/saliency``) or such a folder. The wrapper maps (B, 3, H, W) float in [0, 1] to
-(B, 1, H, W) in [0, 1], detached: min-max normalised per image like U^2-Net's own inference, or, with
-``SaliencyConfig.minmax`` false (``toy``), the sigmoid itself, so a dim object stays dim.
+- ``"paper"``: U^2-Net itself (``rfnet.u2net``, the official structure and parameter names), random weights;
+- a ``.pth`` file: the official weights, ``u2net.pth`` (U^2-Net) or ``u2netp.pth`` (U^2-Net-small), the variant
+  read off the file's shapes and every weight checked (a file whose keys do not fit fails, naming them);
+- ``"tiny"``: a small U^2-Net-style model with random weights, for tests;
+- ``"toy"``: a U^2-Net-style model (``TOY`` sizes) trained by ``adloop train-maps`` on the synthetic scenes of
+  ``rfnet.synth``, shipped in ``rfnet/assets/toy/saliency``;
+- a folder written by ``save_saliency`` (``config.json``, a ``SaliencyConfig``, + ``model.safetensors``).
+
+The U^2-Net-style model (``U2NetStyle``) keeps U^2-Net's outer U of residual U-blocks with side outputs fused
+by a 1x1 conv, with configurable heights and widths, and no dilated RSU-4F stages; it is what ``train-maps``
+trains. Every model comes wrapped in a ``SaliencyEstimator``: (B, 3, H, W) float in [0, 1] -> (B, 1, H, W) in
+[0, 1], detached, after resizing to the model's input size and normalising with ImageNet statistics (U^2-Net's
+own test-time preprocessing, which divides by the image's maximum where this divides by 255). The map is
+min-max normalised per image like U^2-Net's own inference, or, with ``SaliencyConfig.minmax`` false (``toy``),
+the sigmoid itself, so a dim object stays dim.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cluster.configs import from_dict
 from rfnet.config import TOY_ASSETS
 from rfnet.preprocess import IMAGE_MEAN, IMAGE_STD, resize
+from rfnet.u2net import INPUT_SIZE as U2NET_INPUT_SIZE
+from rfnet.u2net import U2Net
+from rfnet.weights import PretrainedWeightsError, load_checked
 
 
 @dataclass
 class SaliencyConfig:
-    """Sizes of the U^2-Net-style saliency model."""
+    """Sizes of the U^2-Net-style saliency model (``U2NetStyle``)."""
 
     heights: tuple[int, ...] = (4, 3, 3)
     """RSU height (levels of the inner U) of each outer stage, shallow to deep."""
@@ -40,7 +49,7 @@ class SaliencyConfig:
     out_channels: tuple[int, ...] = (8, 16, 16)
     """Output width of each stage."""
     input_size: int = 64
-    """Images are resized to this square before the model (U^2-Net: 320)."""
+    """Images are resized to this square before the model."""
     minmax: bool = True
     """Min-max normalise each output map (U^2-Net's inference); False returns the sigmoid as it is."""
 
@@ -92,8 +101,8 @@ class RSU(nn.Module):
         return h + x_in
 
 
-class U2Net(nn.Module):
-    """Outer U of RSU stages with deep-supervision side outputs fused by a 1x1 conv; returns logits."""
+class U2NetStyle(nn.Module):
+    """U^2-Net-style: an outer U of RSU stages with deep-supervision side outputs fused by a 1x1 conv; returns logits."""
 
     def __init__(self, cfg: SaliencyConfig) -> None:
         super().__init__()
@@ -128,9 +137,9 @@ def saliency_logits(
     wraps it).
 
     Args:
-        model: the U^2-Net-style model (or a DDP wrapper of it).
+        model: a saliency model returning (B, 1, h, w) logits (or a DDP wrapper of one).
         images: (B, 3, H, W) float in [0, 1]; resized to ``input_size`` first.
-        input_size: the model's input side (``SaliencyConfig.input_size``).
+        input_size: the model's input side.
         mean, std: (1, 3, 1, 1) input normalisation (ImageNet statistics).
 
     Returns:
@@ -148,9 +157,10 @@ def saliency_logits(
 class SaliencyEstimator(nn.Module):
     """A frozen saliency model: (B, 3, H, W) in [0, 1] -> (B, 1, H, W) in [0, 1], detached."""
 
-    def __init__(self, model: U2Net) -> None:
+    def __init__(self, model: nn.Module, input_size: int, minmax: bool = True) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.input_size, self.minmax = input_size, minmax
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -159,20 +169,13 @@ class SaliencyEstimator(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        s = torch.sigmoid(saliency_logits(self.model, images.detach(), self.model.cfg.input_size, self.mean, self.std))
-        if not self.model.cfg.minmax:
+        s = torch.sigmoid(saliency_logits(self.model, images.detach(), self.input_size, self.mean, self.std))
+        if not self.minmax:
             return s
         lo = s.amin(dim=(2, 3), keepdim=True)
         hi = s.amax(dim=(2, 3), keepdim=True)
         return (s - lo) / (hi - lo).clamp_min(1e-6)
 
-
-PAPER = SaliencyConfig(
-    heights=(7, 6, 5, 4, 4, 4),
-    mid_channels=(32, 32, 64, 128, 256, 256),
-    out_channels=(64, 128, 256, 512, 512, 512),
-    input_size=320,
-)
 
 TOY = SaliencyConfig(
     heights=(4, 3, 3), mid_channels=(6, 12, 16), out_channels=(8, 16, 32), input_size=64, minmax=False
@@ -182,7 +185,7 @@ TOY_SALIENCY = os.path.join(TOY_ASSETS, "saliency")
 """The shipped ``toy`` saliency model (``save_saliency`` layout)."""
 
 
-def save_saliency(model: U2Net, folder: str) -> None:
+def save_saliency(model: U2NetStyle, folder: str) -> None:
     """Write ``config.json`` + ``model.safetensors`` that ``load_saliency(folder)`` reads."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -190,30 +193,70 @@ def save_saliency(model: U2Net, folder: str) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, "model.safetensors"))
 
 
+def load_u2net(path: str) -> U2Net:
+    """The official U^2-Net weights in ``path`` (``u2net.pth`` or ``u2netp.pth``, a ``torch.save``d state dict)
+    in the variant whose shapes they have, every weight loaded.
+
+    Raises:
+        PretrainedWeightsError: not a state dict, or its keys or shapes do not fit U^2-Net (all named).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle of anything else, a truncated download: all mean "not these weights"
+        raise PretrainedWeightsError(f"{path}: not a U^2-Net state dict ({type(e).__name__}: {e})") from None
+    # The two variants have the same keys; stage 1's inner width tells them apart (32 full, 16 small).
+    probe = state.get("stage1.rebnconv1.conv_s1.weight") if isinstance(state, dict) else None
+    variant = "small" if probe is not None and probe.shape[0] == 16 else "full"
+    model = U2Net(variant)
+    # Checkpoints saved before torch 0.4.1 have no BatchNorm step counters; inference never reads them.
+    load_checked(model, state, path, f"U^2-Net ({variant})", optional=("num_batches_tracked",))
+    return model
+
+
+def _load_style(folder: str) -> U2NetStyle:
+    cfg_path, weights = os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")
+    with open(cfg_path) as f:
+        try:
+            cfg = from_dict(SaliencyConfig, json.load(f))
+        except ValueError as e:  # unknown fields, or sizes SaliencyConfig refuses
+            raise PretrainedWeightsError(f"{cfg_path}: not a U^2-Net-style saliency config: {e}") from None
+    model = U2NetStyle(cfg)
+    load_checked(model, load_file(weights), weights, "the U^2-Net-style model of config.json")
+    return model
+
+
 def load_saliency(name: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """Build or load the saliency model.
 
     Args:
-        name: ``"tiny"``, ``"paper"``, ``"toy"`` or a folder written by ``save_saliency``.
+        name: ``"tiny"``, ``"paper"``, ``"toy"``, an official ``.pth`` file or a folder written by
+            ``save_saliency``.
         device: where to put it.
         dtype: weight dtype (frozen model; fp32 on CPU).
 
     Raises:
-        FileNotFoundError: ``name`` is not a preset and not a folder with ``config.json`` + ``model.safetensors``.
+        FileNotFoundError: ``name`` is not a preset, a ``.pth`` file or a folder with ``config.json`` +
+            ``model.safetensors``.
+        PretrainedWeightsError: the file or folder does not hold weights that fit (named, with the keys).
     """
     if name == "toy":
         name = TOY_SALIENCY
     if name in ("tiny", "paper"):
         with torch.random.fork_rng(devices=[]):  # the same random model in every process, global RNG untouched
             torch.manual_seed(0)
-            model = U2Net(SaliencyConfig() if name == "tiny" else PAPER)
+            if name == "tiny":
+                cfg = SaliencyConfig()
+                model = SaliencyEstimator(U2NetStyle(cfg), cfg.input_size, cfg.minmax)
+            else:
+                model = SaliencyEstimator(U2Net("full"), U2NET_INPUT_SIZE)
+    elif os.path.isfile(name) and name.endswith((".pth", ".pt")):
+        model = SaliencyEstimator(load_u2net(name), U2NET_INPUT_SIZE)
+    elif os.path.isfile(os.path.join(name, "config.json")) and os.path.isfile(os.path.join(name, "model.safetensors")):
+        style = _load_style(name)
+        model = SaliencyEstimator(style, style.cfg.input_size, style.cfg.minmax)
     else:
-        cfg_path, weights = os.path.join(name, "config.json"), os.path.join(name, "model.safetensors")
-        if not (os.path.isfile(cfg_path) and os.path.isfile(weights)):
-            raise FileNotFoundError(
-                f"saliency model {name!r}: expected 'tiny', 'paper', 'toy' or a folder with config.json + model.safetensors"
-            )
-        with open(cfg_path) as f:
-            model = U2Net(SaliencyConfig(**json.load(f)))
-        model.load_state_dict(load_file(weights))
-    return SaliencyEstimator(model).to(device=device, dtype=dtype)
+        raise FileNotFoundError(
+            f"saliency model {name!r}: expected 'tiny', 'paper', 'toy', a U^2-Net .pth file (u2net.pth, u2netp.pth) "
+            "or a folder with config.json + model.safetensors"
+        )
+    return model.to(device=device, dtype=dtype)

@@ -44,7 +44,8 @@ class Scorer:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``... (see ``cluster.devices.resolve_device``).
         threshold: decision threshold on P(Available); ``None`` uses the checkpoint's.
         depth: depth model, ``"tiny"`` / ``"paper"`` / ``"toy"`` / a local transformers folder.
-        saliency: saliency model, ``"tiny"`` / ``"paper"`` / ``"toy"`` / a folder from ``rfnet.saliency.save_saliency``.
+        saliency: saliency model, ``"tiny"`` / ``"paper"`` / ``"toy"`` / U^2-Net's ``.pth`` / a folder from
+            ``rfnet.saliency.save_saliency``.
     """
 
     def __init__(

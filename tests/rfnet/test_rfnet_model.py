@@ -246,13 +246,13 @@ def test_depth_and_saliency_maps():
 
 
 def test_saliency_save_load_roundtrip(tmp_path):
-    from rfnet.saliency import SaliencyConfig, U2Net, save_saliency
+    from rfnet.saliency import SaliencyConfig, U2NetStyle, save_saliency
 
-    net = U2Net(SaliencyConfig(heights=(3, 2), mid_channels=(4, 4), out_channels=(4, 8), input_size=32))
+    net = U2NetStyle(SaliencyConfig(heights=(3, 2), mid_channels=(4, 4), out_channels=(4, 8), input_size=32))
     save_saliency(net, str(tmp_path / "sal"))
     loaded = rfnet.load_saliency(str(tmp_path / "sal"))
     x = torch.rand(1, 3, 32, 32)
-    ref = rfnet.saliency.SaliencyEstimator(net)
+    ref = rfnet.saliency.SaliencyEstimator(net, 32)
     torch.testing.assert_close(loaded(x), ref(x))
     with pytest.raises(FileNotFoundError):
         rfnet.load_saliency(str(tmp_path / "nothing"))

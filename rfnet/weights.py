@@ -1,0 +1,71 @@
+"""Weights from files, checked: every tensor a module needs is in the file with its shape, and every tensor in the
+file is used. Otherwise one error names the file, the missing and the unexpected keys and the shapes that
+differ, before anything runs (``torch``'s own ``load_state_dict`` error names no file, and transformers'
+``from_pretrained`` only warns and initialises the missing weights at random)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class PretrainedWeightsError(ValueError):
+    """A model file or folder that is not a supported architecture, or whose weights do not fit it."""
+
+
+def _listed(keys: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', ... and {len(keys) - limit} more' if len(keys) > limit else ''}]"
+
+
+def check_fit(
+    path: str, what: str, missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str] = ()
+) -> None:
+    """Raise unless nothing is missing, unexpected or of another shape.
+
+    Args:
+        path: the file or folder the weights came from (named in the error).
+        what: what they should fit (e.g. ``"U^2-Net (full)"``).
+        missing, unexpected, mismatched: the keys (``mismatched``: ``"key: shapes"`` lines).
+
+    Raises:
+        PretrainedWeightsError: naming ``path`` and every list that is not empty.
+    """
+    if missing or unexpected or mismatched:
+        raise PretrainedWeightsError(
+            f"{path}: the weights do not fit {what}: {len(missing)} missing {_listed(list(missing))}, "
+            f"{len(unexpected)} unexpected {_listed(list(unexpected))}, "
+            f"{len(mismatched)} of another shape {_listed(list(mismatched))}"
+        )
+
+
+def load_checked(
+    module: nn.Module, state: Mapping[str, torch.Tensor], path: str, what: str, optional: tuple[str, ...] = ()
+) -> None:
+    """``module.load_state_dict(state)`` after checking that the keys and shapes match exactly.
+
+    Args:
+        module: the module to fill.
+        state: the tensors read from ``path``.
+        path: named in the error.
+        what: what the weights should fit, named in the error.
+        optional: key suffixes that may be missing (buffers such as ``num_batches_tracked``, which older
+            checkpoints lack and inference never reads); they keep the module's values.
+
+    Raises:
+        PretrainedWeightsError: ``state`` is not a mapping of tensors, or its keys or shapes differ.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} expected"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    check_fit(path, what, missing, unexpected, mismatched)
+    module.load_state_dict(state, strict=False)  # checked above: only ``optional`` keys can be absent
