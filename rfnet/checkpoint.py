@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from rfnet.config import LABELS, PRESET_NAMES, TRAINED_RFNETS, RFNetConfig, preset
 from rfnet.model import RFNet
-from rfnet.preprocess import Preprocess
+from rfnet.preprocess import Preprocess, resolve_inputs
 from rfnet.text import load_tokenizer
+from rfnet.weights import PretrainedWeightsError, load_checked
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -31,7 +32,15 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def build(cfg: RFNetConfig, seed: int = 0) -> tuple[RFNet, Preprocess]:
-    """A freshly initialised RFNet for ``cfg`` (deterministic for a given seed) and its preprocessing."""
+    """A freshly initialised RFNet for ``cfg`` (deterministic for a given seed) and its preprocessing, with the
+    input size and normalisation resolved (``rfnet.preprocess.resolve_inputs``: the image encoder folder's own
+    where the config leaves them open); ``model.cfg`` is the resolved config a checkpoint stores.
+
+    Raises:
+        PretrainedWeightsError: an encoder folder is not a supported architecture or its weights do not fit.
+        ValueError: the encoder folder's preprocessing cannot be followed.
+    """
+    cfg = resolve_inputs(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RFNet(cfg)
@@ -83,7 +92,12 @@ def save(model: RFNet, folder: str, threshold: float = 0.5, tokenizer=None) -> N
 
 
 def read_meta(folder: str) -> dict:
-    """The parsed ``config.json`` of a checkpoint folder, with its label set checked."""
+    """The parsed ``config.json`` of a checkpoint folder, with its label set checked.
+
+    Raises:
+        FileNotFoundError: not a checkpoint folder.
+        ValueError: the labels differ from ``LABELS``, named with the file.
+    """
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
         raise FileNotFoundError(
@@ -116,13 +130,39 @@ def load(path_or_preset: str, device: str | torch.device = "cpu") -> tuple[RFNet
         model, prep = build(preset(path_or_preset))
         return model.to(device).eval(), prep
     path_or_preset = resolve(path_or_preset)
-    meta = read_meta(path_or_preset)
-    cfg = RFNetConfig.from_dict(meta["rfnet"])
-    tok_dir = os.path.join(path_or_preset, TOKENIZER_DIR)
-    cfg = cfg.replace(tokenizer=tok_dir if os.path.isdir(tok_dir) else "tiny")
+    cfg = config_of(path_or_preset)
     model = RFNet(cfg)
-    model.load_state_dict(load_file(os.path.join(path_or_preset, WEIGHTS_NAME)))
+    load_weights(model, path_or_preset)
     return model.to(device).eval(), Preprocess(cfg, load_tokenizer(cfg.tokenizer))
+
+
+def config_of(folder: str) -> RFNetConfig:
+    """The resolved ``RFNetConfig`` of a checkpoint folder, its own tokenizer named.
+
+    Raises:
+        FileNotFoundError: not a checkpoint folder.
+        PretrainedWeightsError: ``config.json`` is not an RFNet config this code reads (named, with why).
+    """
+    meta = read_meta(folder)
+    try:
+        cfg = RFNetConfig.from_dict(meta["rfnet"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PretrainedWeightsError(
+            f"{os.path.join(folder, CONFIG_NAME)}: not an RFNet checkpoint config: {e}"
+        ) from None
+    tok_dir = os.path.join(folder, TOKENIZER_DIR)
+    # Checkpoints from before the normalisation was a config field were trained with ImageNet statistics.
+    return resolve_inputs(cfg.replace(tokenizer=tok_dir if os.path.isdir(tok_dir) else "tiny"))
+
+
+def load_weights(model: RFNet, folder: str) -> None:
+    """Fill ``model`` with the weights of checkpoint ``folder``, every key and shape checked.
+
+    Raises:
+        PretrainedWeightsError: the weights do not fit ``model`` (the file named, with the keys).
+    """
+    path = os.path.join(folder, WEIGHTS_NAME)
+    load_checked(model, load_file(path), path, "the RFNet of its config.json")
 
 
 def threshold_of(path_or_preset: str) -> float:

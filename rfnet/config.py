@@ -54,8 +54,15 @@ def _tiny_roberta() -> dict[str, Any]:
 class RFNetConfig:
     """Architecture of RFNet (docs/paper.md §3.2; open choices follow §8, Q3)."""
 
-    image_size: int = 64
-    """Side in pixels of the square every image modality is resized to (paper: 384)."""
+    image_size: int | None = 64
+    """Side in pixels of the square every image modality is resized to (paper: 384). ``None``: the image
+    encoder folder's own input size (``preprocessor_config.json``); ``image_encoder_path`` must then have one."""
+    image_mean: tuple[float, float, float] | None = None
+    """Per-channel mean the images are normalised with. ``None``: the image encoder folder's
+    ``preprocessor_config.json`` ``image_mean`` when it has one, else ImageNet's (what the built ResNet
+    trunks are initialised for). A checkpoint stores the value it was trained with."""
+    image_std: tuple[float, float, float] | None = None
+    """Per-channel standard deviation, chosen like ``image_mean``."""
     width: int = 64
     """Token width of the Feature Filter Module and the fusion layers (paper: 384)."""
     heads: int = 4
@@ -106,8 +113,18 @@ class RFNetConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.num_labels != len(LABELS):
             raise ValueError(f"num_labels must be {len(LABELS)} (the RF1M label set)")
-        if self.image_size < 16:
+        if self.image_size is None and not self.image_encoder_path:
+            raise ValueError("image_size None (the image encoder's own) needs an image_encoder_path")
+        if self.image_size is not None and self.image_size < 16:
             raise ValueError("image_size must be at least 16 px")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(float(v) for v in value))
+                if len(getattr(self, name)) != 3:
+                    raise ValueError(f"{name} must have 3 values (R, G, B), got {value}")
+        if self.image_std is not None and min(self.image_std) <= 0:
+            raise ValueError(f"image_std must be positive, got {self.image_std}")
 
     @property
     def image_modalities(self) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ def test_unsupported_architecture_and_bad_weights_fail_with_names(tmp_path):
     del weights[dropped]
     weights["extra.weight"] = torch.zeros(1)
     save_file(weights, os.path.join(folder, "model.safetensors"))
-    with pytest.raises(PretrainedWeightsError, match=r"missing \[.*query\.weight.*unexpected \['extra\.weight'\]"):
+    with pytest.raises(PretrainedWeightsError, match=r"missing \[.*query\.weight.*unexpected \[extra\.weight\]"):
         build(_cfg(folder))
 
 
@@ -109,3 +109,56 @@ def test_resnet50_classifier_folder_loads_every_trunk_weight(tmp_path):
 
     with pytest.raises(PretrainedWeightsError, match="model_type 'bert' is not a supported image trunk"):
         build(preset("tiny").replace(image_encoder_path=_bert_folder(tmp_path)))
+
+
+def _trunk_folder(path, processor: dict | None) -> str:
+    import json
+
+    from transformers import ResNetConfig, ResNetModel
+
+    folder = str(path / "trunk")
+    torch.manual_seed(3)
+    ResNetModel(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ).save_pretrained(folder)
+    if processor is not None:
+        with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+            json.dump(processor, f)
+    return folder
+
+
+def test_preprocessing_follows_the_image_encoders_processor_config(tmp_path):
+    """Size and normalisation come from the trunk folder's preprocessor_config.json, are stored in the checkpoint,
+    and are what every consumer's ``Preprocess`` (batch and online scorer, RFFT reward) applies."""
+    from rfft.rewards import RFNetReward
+    from rfnet import Scorer
+
+    # A ViT-style processor: square size, its own statistics.
+    folder = _trunk_folder(tmp_path, {"size": {"height": 48, "width": 48}, "image_mean": [0.5, 0.4, 0.3],
+                                      "image_std": [0.25, 0.2, 0.1], "do_normalize": True})  # fmt: skip
+    model, prep = build(preset("tiny").replace(image_encoder_path=folder, image_size=None))
+    assert (prep.size, prep.mean, prep.std) == (48, (0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
+    assert model.cfg.image_size == 48
+    white = prep.image(torch.ones(1, 3, 20, 30))
+    expected = (1 - torch.tensor([0.5, 0.4, 0.3])) / torch.tensor([0.25, 0.2, 0.1])
+    assert white.shape == (1, 3, 48, 48) and torch.allclose(white[0, :, 0, 0], expected)
+
+    ckpt = str(tmp_path / "ckpt")
+    save(model, ckpt)
+    for consumer in (load(ckpt)[1], Scorer(ckpt).preprocess, RFNetReward(ckpt, "cpu").scorer.preprocess):
+        assert (consumer.size, consumer.mean, consumer.std) == (48, (0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
+
+    # An explicit size wins over the folder's; microsoft/resnet-50's processor (shortest_edge) gives 224.
+    _, prep = build(preset("tiny").replace(image_encoder_path=folder, image_size=32))
+    assert prep.size == 32 and prep.mean == (0.5, 0.4, 0.3)
+    resnet = _trunk_folder(tmp_path / "r50", {"size": {"shortest_edge": 224}, "crop_pct": 0.875,
+                                             "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})  # fmt: skip
+    from rfnet.preprocess import resolve_inputs
+
+    assert resolve_inputs(preset("tiny").replace(image_encoder_path=resnet, image_size=None)).image_size == 224
+    # Without a processor config the folder gives no size: an open size fails, naming the file it looked for.
+    bare = _trunk_folder(tmp_path / "bare", None)
+    with pytest.raises(ValueError, match=r"bare/trunk/preprocessor_config.json: no input size"):
+        build(preset("tiny").replace(image_encoder_path=bare, image_size=None))
+    _, prep = build(preset("tiny").replace(image_encoder_path=bare))
+    assert prep.mean == (0.485, 0.456, 0.406)  # ImageNet's, as before
