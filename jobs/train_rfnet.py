@@ -8,7 +8,10 @@ Examples::
 
 Without ``RAY_ADDRESS`` a local Ray starts; under ``ray job submit`` the job joins that cluster. Running the
 same command again (same ``--output`` and ``--name``) resumes from the last checkpoint. Writes
-``<output>/rfnet/`` (checkpoint folder for ``rfnet.load`` / ``rfnet.Scorer``) and ``<output>/metrics.json``.
+``<output>/rfnet/`` (checkpoint folder for ``rfnet.load`` / ``rfnet.Scorer``), ``<output>/metrics.json`` and
+``<output>/splits/`` (the product-level split as Parquet shards of example rows, which every epoch streams and
+decodes in Ray Data CPU tasks beside the workers: the local Ray gets ``--workers`` x ``--cpus-per-worker`` +
+``--data-cpus`` CPUs).
 """
 
 from __future__ import annotations
@@ -37,14 +40,28 @@ def _parser() -> argparse.ArgumentParser:
     opts.OUTPUT.add(p, required=True)
     opts.RUN_NAME.add(p, recipe_default=recipe_default("name"))
     add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
-    opts.IMAGE_SIZE.add(p, recipe_default="the preset's")
+    opts.IMAGE_SIZE.add(
+        p, recipe_default="the preset's; with --image-encoder, the size in its preprocessor_config.json"
+    )
     add(p, "--modalities", default=",".join(MODALITIES), help=f"comma list from {','.join(MODALITIES)}")
-    add(p, "--image-encoder", help="local transformers ResNet folder to start from")
-    add(p, "--text-encoder", help="local transformers RoBERTa folder to start from")
+    add(
+        p,
+        "--image-encoder",
+        help="local transformers ResNet folder to start from (its preprocessor_config.json "
+        "sets the input normalisation, and the size unless --image-size does)",
+    )
+    add(p, "--text-encoder", help="local transformers BERT, RoBERTa or XLM-R folder to start from")
     add(p, "--tokenizer", help="local tokenizer folder (default: the preset's)")
     for option in (opts.STRATEGY, opts.ZERO_STAGE, opts.WORKERS):
         option.add(p)
     opts.CPUS_PER_WORKER.add(p)
+    add(
+        p,
+        "--data-cpus",
+        type=float,
+        default=recipe_default("data_cpus"),
+        help="CPUs for Ray Data's decode tasks beside the workers' (a local Ray gets workers x cpus + these)",
+    )
     opts.GPU.add(p)
     opts.DTYPE.add(p)
     opts.EPOCHS.add(p, recipe_default=f"{recipe_default('epochs')}; the lr drops 10x halfway")
@@ -69,6 +86,7 @@ def config_from_args(args: argparse.Namespace):
         changes["image_size"] = args.image_size
     if args.image_encoder:
         changes["image_encoder_path"] = args.image_encoder
+        changes.setdefault("image_size", None)  # the encoder's own
     if args.text_encoder:
         changes["text_encoder_path"] = args.text_encoder
     if args.tokenizer:
@@ -78,6 +96,7 @@ def config_from_args(args: argparse.Namespace):
         data=args.data[0] if len(args.data) == 1 else args.data, output=args.output, init_from=args.init_from,
         model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+        data_cpus=args.data_cpus,
         use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, maps=args.maps, depth=args.depth,
         saliency=args.saliency, max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures,
         seed=args.seed, **{k: v for k, v in recipe.items() if v is not None},
@@ -93,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     write_resolved_config(args, args.output)
     try:
         metrics = fit(config_from_args(args))
-    except (DatasetError, FileNotFoundError) as e:
+    except (DatasetError, FileNotFoundError, ValueError) as e:  # bad data, paths, configs or weights: all named
         print(f"adloop train-rfnet: {e}", file=sys.stderr)
         return 2
     test = metrics["test"]

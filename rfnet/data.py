@@ -247,6 +247,43 @@ def split_by_product(
     return out
 
 
+def write_shards(examples: list[Example], folder: str, rows_per_shard: int, seed: int | None = None) -> list[str]:
+    """Write ``examples`` as Parquet shards (one row per example: its paths, caption and label), which a
+    training run streams and decodes every epoch instead of holding decoded images.
+
+    Args:
+        examples: the rows.
+        folder: destination (created; shards already there are replaced).
+        rows_per_shard: rows per file; the unit a reader shuffles when it shuffles files.
+        seed: with a seed the rows are written in that seed's random order (an RF1M ``label.txt`` lists a
+            product's images together, and a stream read in that order would fill batches with one
+            product); ``None`` keeps the order given.
+
+    Returns:
+        The shard paths, in order.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    os.makedirs(folder, exist_ok=True)
+    for old in os.listdir(folder):
+        if old.startswith("shard-") and old.endswith(".parquet"):
+            os.remove(os.path.join(folder, old))
+    order = np.random.default_rng(seed).permutation(len(examples)) if seed is not None else range(len(examples))
+    rows = [examples[i].to_dict() for i in order]
+    schema = pa.schema(
+        [(name, pa.int64() if name == "label" else pa.string()) for name in Example.__dataclass_fields__]
+    )
+    paths = []
+    for start in range(0, len(rows), rows_per_shard):
+        path = os.path.join(folder, f"shard-{start // rows_per_shard:05d}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows[start : start + rows_per_shard], schema=schema), path)
+        paths.append(path)
+    return paths
+
+
 def _decode(uri: str, mode: str, size: int) -> np.ndarray:
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:

@@ -3,9 +3,11 @@
 One file, read top to bottom (torchtune's recipe shape):
 
 - ``TrainConfig`` (``rfnet.train_config``): every knob, typed and documented.
-- ``fit(cfg)``: the driver. Reads and validates the dataset, splits it by product, decodes it with Ray
-  Data, runs ``TorchTrainer(train_loop_per_worker)``, then writes ``<output>/rfnet`` (the final checkpoint
-  folder ``rfnet.load`` reads) and ``<output>/metrics.json`` (held-out test metrics).
+- ``fit(cfg)``: the driver. Reads and validates the dataset, splits it by product into Parquet shards of
+  example rows (``<output>/splits/``), runs ``TorchTrainer(train_loop_per_worker)`` on Ray Data streams that
+  decode the shards in CPU tasks every epoch (nothing decoded is kept: memory stays flat in the dataset's
+  size), then writes ``<output>/rfnet`` (the final checkpoint folder ``rfnet.load`` reads) and
+  ``<output>/metrics.json`` (held-out test metrics).
 - ``train_loop_per_worker(config)``: setup -> resume -> loop (train, evaluate, checkpoint) -> test.
 
 The schedule: cross-entropy over the six labels, AdamW (docs/paper.md §8, Q4), the lr divided by 10
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster.paths import checked_path
-from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES, RFNetConfig
+from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES
 from rfnet.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -40,47 +43,105 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def _decode_fn(size: int, maps: str, depth: str, saliency: str):
-    """A Ray Data ``map_batches`` callable: example rows -> decoded uint8 arrays (+ recomputed maps)."""
+SHARD_ROWS = 256
+"""Rows per Parquet shard of a split (``<output>/splits/<split>/``). One read-and-decode task takes one shard
+(decoded: 9 MB at 64 px; Ray Data splits blocks above 128 MB at the paper's 384 px). The training split's
+shards are read in a new order every epoch, so smaller shards mix more; at 256, RF1M makes about 4,000 files."""
 
-    class Decode:
-        def __init__(self) -> None:
-            from rfnet.depth import load_depth
-            from rfnet.saliency import load_saliency
 
-            self.estimators = (
-                {"depth": load_depth(depth), "saliency": load_saliency(saliency)} if maps == "compute" else {}
+def _decode(batch: dict[str, np.ndarray], size: int, estimators: dict | None = None) -> dict[str, np.ndarray]:
+    """Example rows (paths, caption, label) -> uint8 arrays at ``size`` px (``rfnet.data.decode_examples``),
+    the depth and saliency maps recomputed from the generated image by ``estimators`` when given."""
+    from rfnet.data import decode_examples
+    from rfnet.preprocess import to_tensor
+
+    keys = list(batch)
+    rows = [{k: batch[k][i] for k in keys} for i in range(len(batch["id"]))]
+    out = decode_examples(rows, size)
+    if estimators:
+        g = to_tensor(out["generated"])
+        for name, est in estimators.items():
+            out[name] = (est(g)[:, 0].numpy() * 255).round().astype(np.uint8)
+    missing = [m for m in ("depth", "saliency") if m not in out]
+    if missing:
+        raise ValueError(f"examples have no {missing} maps; pass maps='compute' to recompute them")
+    return out
+
+
+class _DecodeWithMaps:
+    """The decode stage of ``maps="compute"``: an actor that loads the depth and saliency models once."""
+
+    def __init__(self, size: int, depth: str, saliency: str) -> None:
+        from rfnet.depth import load_depth
+        from rfnet.saliency import load_saliency
+
+        self.size = size
+        self.estimators = {"depth": load_depth(depth), "saliency": load_saliency(saliency)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _decode(batch, self.size, self.estimators)
+
+
+def _datasets(shards: dict[str, list[str]], cfg: TrainConfig) -> dict[str, Any]:
+    """Each split as a stream: Ray Data reads its Parquet shards and decodes them in CPU tasks while the workers
+    train, again every epoch, so a decoded image lives only until its batch is used and memory does not grow
+    with the dataset. The training split is read in a new shard order every epoch (reseeded per execution,
+    reproducible from ``cfg.seed``); the workers' local shuffle buffer mixes rows across shards."""
+    import ray
+    from ray.data import FileShuffleConfig
+
+    size = cfg.model.image_size
+    task_cpus = min(1.0, cfg.data_cpus)
+    out = {}
+    for name, files in shards.items():
+        shuffle = FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if name == "train" else None
+        ds = ray.data.read_parquet(files, shuffle=shuffle, num_cpus=task_cpus)
+        if cfg.maps == "compute":
+            ds = ds.map_batches(
+                _DecodeWithMaps, fn_constructor_args=(size, cfg.depth, cfg.saliency), batch_size=None,
+                batch_format="numpy", concurrency=1, num_cpus=task_cpus,
+            )  # fmt: skip
+        else:
+            # batch_size=None: a whole shard per call, so reading and decoding fuse into one task
+            ds = ds.map_batches(
+                _decode, fn_kwargs={"size": size}, batch_size=None, batch_format="numpy", num_cpus=task_cpus
             )
+        out[name] = ds
+    return out
 
-        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            from rfnet.data import decode_examples
-            from rfnet.preprocess import to_tensor
 
-            keys = list(batch)
-            rows = [{k: batch[k][i] for k in keys} for i in range(len(batch["id"]))]
-            out = decode_examples(rows, size)
-            if self.estimators:
-                g = to_tensor(out["generated"])
-                for name, est in self.estimators.items():
-                    out[name] = (est(g)[:, 0].numpy() * 255).round().astype(np.uint8)
-            missing = [m for m in ("depth", "saliency") if m not in out]
-            if missing:
-                raise ValueError(f"examples have no {missing} maps; pass maps='compute' to recompute them")
+def _data_config():
+    """Every split is sharded across the workers: train in equal parts (equal step counts, or the gradient
+    all-reduce would wait forever), val and test without dropping a row (each example is scored once, by one
+    rank, and ``_predict`` gathers them)."""
+    from ray.train import DataConfig
+
+    class ShardEverySplit(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                for rank, split in enumerate(ds.streaming_split(world_size, equal=name == "train")):
+                    out[rank][name] = split
             return out
 
-    return Decode
+    return ShardEverySplit(datasets_to_split="all")
 
 
-def _datasets(splits: dict[str, list], cfg: TrainConfig) -> dict[str, Any]:
+def _check_cpus(cfg: TrainConfig) -> None:
+    """Raise unless the Ray cluster has a CPU for the decode tasks beside the workers' (else they wait forever).
+
+    Raises:
+        ValueError: too few CPUs, with the arithmetic.
+    """
     import ray
 
-    out = {}
-    for name, examples in splits.items():
-        ds = ray.data.from_items([e.to_dict() for e in examples])
-        decode = _decode_fn(cfg.model.image_size, cfg.maps, cfg.depth, cfg.saliency)
-        ds = ds.map_batches(decode, batch_size=64, concurrency=1, batch_format="numpy")
-        out[name] = ds.materialize()  # decoded once; epochs re-read the object store, not the PNGs
-    return out
+    need = cfg.num_workers * cfg.cpus_per_worker + cfg.data_cpus
+    have = ray.cluster_resources().get("CPU", 0)
+    if have < need:
+        raise ValueError(
+            f"the Ray cluster has {have:g} CPUs, training needs {need:g}: {cfg.num_workers} workers x "
+            f"{cfg.cpus_per_worker} + data_cpus {cfg.data_cpus:g} for Ray Data's decode tasks"
+        )
 
 
 def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
@@ -120,17 +181,37 @@ def with_init_from(cfg: TrainConfig) -> TrainConfig:
     """
     if cfg.init_from is None:
         return cfg
-    from rfnet.checkpoint import TOKENIZER_DIR, read_meta
+    from rfnet.checkpoint import config_of
 
-    model = RFNetConfig.from_dict(read_meta(cfg.init_from)["rfnet"])
-    tokenizer = os.path.join(cfg.init_from, TOKENIZER_DIR)
-    return dataclasses.replace(cfg, model=model.replace(tokenizer=tokenizer if os.path.isdir(tokenizer) else "tiny"))
+    return dataclasses.replace(cfg, model=config_of(cfg.init_from))
+
+
+def _check_models(cfg: TrainConfig) -> TrainConfig:
+    """Build every model of the run once, here in the driver, so that a folder of an unsupported architecture,
+    weights that do not fit or an encoder's preprocessing that cannot be followed fail now, named, instead of
+    in every worker; returns ``cfg`` with the model's input size and normalisation resolved.
+
+    Raises:
+        PretrainedWeightsError, ValueError: what the loaders raise, naming the file.
+    """
+    from rfnet.checkpoint import build, load_weights
+
+    model, _ = build(cfg.model)
+    if cfg.init_from:
+        load_weights(model, cfg.init_from)
+    if cfg.maps == "compute":
+        from rfnet.depth import load_depth
+        from rfnet.saliency import load_saliency
+
+        load_depth(cfg.depth)
+        load_saliency(cfg.saliency)
+    return dataclasses.replace(cfg, model=model.cfg)
 
 
 def _quiet_ray_data() -> None:
     import ray.data
 
-    # Per-iteration progress bars of the (small, materialized) splits would drown the training log.
+    # A progress bar per epoch and split (re-executed every epoch) would drown the training log.
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -144,14 +225,17 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
 
     Raises:
         rfnet.data.DatasetError: bad dataset entries (all of them, each with its file named).
+        rfnet.weights.PretrainedWeightsError: a model file or folder that is not a supported architecture, or
+            whose weights do not fit (named, with the keys).
+        ValueError: a split is empty, or the Ray cluster has no CPU for the decode tasks.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from cluster.runtime import init_ray
-    from rfnet.data import check_readable, read_datasets, split_by_product
+    from rfnet.data import check_readable, read_datasets, split_by_product, write_shards
 
-    cfg = with_init_from(absolute_local_paths(cfg))
+    cfg = _check_models(with_init_from(absolute_local_paths(cfg)))
     output = os.path.abspath(cfg.output)
     os.makedirs(output, exist_ok=True)
     examples = read_datasets(cfg.data)
@@ -160,12 +244,21 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     for name, part in splits.items():
         if not part:
             raise ValueError(f"the {name} split is empty: {len(examples)} examples are too few for these fractions")
+    # The splits go to disk as Parquet shards; the driver keeps only their paths and sizes, the epochs stream.
+    shards = {
+        name: write_shards(
+            part, os.path.join(output, "splits", name), SHARD_ROWS, cfg.seed if name == "train" else None
+        )
+        for name, part in splits.items()
+    }
+    split_sizes = {name: len(part) for name, part in splits.items()}
+    del examples, splits
     with open(os.path.join(output, "train_config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
 
-    init_ray(num_cpus=max(2, cfg.num_workers * cfg.cpus_per_worker))
+    init_ray(num_cpus=math.ceil(cfg.num_workers * cfg.cpus_per_worker + cfg.data_cpus))
+    _check_cpus(cfg)
     _quiet_ray_data()
-    datasets = _datasets(splits, cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
@@ -178,9 +271,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
-        datasets=datasets,
-        # Only the training split is sharded; every worker sees all of val/test and scores its stride of it.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=_datasets(shards, cfg),
+        dataset_config=_data_config(),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -198,7 +290,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         "history": result.metrics["history"],
         "checkpoint": final,
         "ray_checkpoint": result.checkpoint.path,
-        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "split_sizes": split_sizes,
         "strategy": cfg.strategy,
         "num_workers": cfg.num_workers,
         "modalities": list(cfg.model.modalities),
@@ -285,17 +377,13 @@ def _collate():
 
 
 @torch.no_grad()
-def _predict(model, prep, dataset, cfg: TrainConfig, device) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels of a whole (unsplit) dataset; each rank scores every world-th batch."""
+def _predict(model, prep, shard, cfg: TrainConfig, device) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels of a whole split: each rank scores its shard, then all ranks gather them."""
     import torch.distributed as dist
 
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
     model.eval()
     probs, labels = [], []
-    for i, batch in enumerate(dataset.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")):
-        if i % world != rank:
-            continue
+    for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
             logits = model(**_to_inputs(batch, prep, device))
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
@@ -304,9 +392,9 @@ def _predict(model, prep, dataset, cfg: TrainConfig, device) -> tuple[np.ndarray
         np.concatenate(probs) if probs else np.zeros((0, 6), np.float32),
         np.concatenate(labels) if labels else np.zeros(0, np.int64),
     )
-    if world == 1:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return local
-    gathered: list = [None] * world
+    gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
 
@@ -359,7 +447,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch.distributed as dist
 
-    from rfnet.checkpoint import build
+    from rfnet.checkpoint import build, load_weights
     from rfnet.metrics import calibrate_threshold, evaluate
 
     cfg = TrainConfig.from_dict(config)
@@ -372,11 +460,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # --- setup
     model, prep = build(cfg.model, seed=cfg.seed)  # same init on every rank
     if cfg.init_from:  # fine-tuning: every rank starts from the same trained weights (a resume overrides them)
-        from safetensors.torch import load_file
-
-        from rfnet.checkpoint import WEIGHTS_NAME
-
-        model.load_state_dict(load_file(os.path.join(cfg.init_from, WEIGHTS_NAME)))
+        load_weights(model, cfg.init_from)
     assert all(p.dtype == torch.float32 for p in model.parameters()), "trainable weights must stay fp32"
     train_model, optimizer, step, unwrapped = _setup_strategy(model, cfg)
     start_epoch, history = _resume(cfg, train_model, optimizer, unwrapped)

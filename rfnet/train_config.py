@@ -38,6 +38,10 @@ class TrainConfig:
     """Ray Train workers (one process each)."""
     cpus_per_worker: int = 1
     """CPUs reserved per worker (also its torch thread count)."""
+    data_cpus: float = 1.0
+    """CPUs for Ray Data's decode tasks beside the workers' (each task takes up to one). A local Ray is started
+    with ``num_workers * cpus_per_worker + data_cpus`` CPUs (rounded up: 3 for the defaults, on any machine:
+    decoding then overlaps training); a joined cluster must have that many, or ``fit`` fails at once."""
     use_gpu: bool = False
     """One GPU per worker (nccl) instead of CPU (gloo)."""
     dtype: str = "fp32"
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError("dtype must be fp32 or bf16 (fp16 needs loss scaling this recipe does not do)")
         if self.maps not in ("dataset", "compute"):
             raise ValueError("maps must be 'dataset' or 'compute'")
+        if self.data_cpus <= 0:
+            raise ValueError(f"data_cpus must be > 0 (the decode tasks need a CPU), got {self.data_cpus}")
         if self.num_workers < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("num_workers, batch_size and epochs must be >= 1")
         if self.lr_drop_epoch is None:

@@ -17,6 +17,7 @@ from rfnet.data import (
     parse_label,
     read_dataset,
     split_by_product,
+    write_shards,
 )
 from rfnet.metrics import average_precision, calibrate_threshold, confusion_matrix, evaluate
 from rfnet.synth import generate_rf1m, make_product
@@ -183,6 +184,25 @@ def test_split_is_by_product_and_stable(synth):
     }
     with pytest.raises(ValueError):
         split_by_product(examples, 0.6, 0.5)
+
+
+def test_shards_hold_every_example_once_in_a_seeded_order(synth, tmp_path):
+    import pyarrow.parquet as pq
+
+    examples = read_dataset(synth)  # 48 rows, a product's images next to each other
+    folder = str(tmp_path / "train")
+    paths = write_shards(examples, folder, rows_per_shard=20, seed=7)
+    tables = [pq.read_table(p).to_pylist() for p in paths]
+    assert [len(t) for t in tables] == [20, 20, 8]
+    rows = [r for t in tables for r in t]
+    assert sorted(rows, key=lambda r: r["id"]) == sorted((e.to_dict() for e in examples), key=lambda r: r["id"])
+    order = [r["id"] for r in rows]
+    assert order != [e.id for e in examples]  # shuffled, so a batch does not hold one product's images
+    again = write_shards(examples, folder, rows_per_shard=30, seed=7)  # rewritten: the old shards are gone
+    assert sorted(os.listdir(folder)) == [os.path.basename(p) for p in again] and len(again) == 2
+    assert [r["id"] for p in again for r in pq.read_table(p).to_pylist()] == order  # the seed fixes the order
+    kept = write_shards(examples, str(tmp_path / "val"), rows_per_shard=100)
+    assert [r["id"] for r in pq.read_table(kept[0]).to_pylist()] == [e.id for e in examples]
 
 
 def test_average_precision_exact_values():

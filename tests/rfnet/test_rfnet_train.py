@@ -1,4 +1,5 @@
-"""RFNet training under Ray Train on CPU: 2-worker DDP and DeepSpeed runs, checkpoints, resume, the job."""
+"""RFNet training under Ray Train on CPU: 2-worker DDP and DeepSpeed runs on streamed splits, checkpoints, resume,
+the job, and a cluster without a CPU for the decode tasks refused at once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ import pytest
 import rfnet
 from rfnet.synth import generate_rf1m
 from rfnet.train import TrainConfig, fit
+
+
+@pytest.fixture
+def own_ray():
+    """No Ray up when the test starts, so ``fit`` starts its own, sized for 2 workers and the decode tasks (3 CPUs);
+    stopped afterwards, so the next ``ray_local`` user gets its 2-CPU Ray back."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,7 @@ def _check_outputs(out: str, metrics: dict) -> None:
     assert result.probabilities.shape == (2, 6)
 
 
-def test_ddp_two_workers_job_checkpoints_and_resumes(ray_local, data, tmp_path, capsys):
+def test_ddp_two_workers_job_checkpoints_and_resumes(own_ray, data, tmp_path, capsys):
     import jobs.train_rfnet
 
     out = str(tmp_path / "ddp")
@@ -66,6 +78,12 @@ def test_ddp_two_workers_job_checkpoints_and_resumes(ray_local, data, tmp_path, 
     assert printed["ap"] == first["test"]["ap"]
     _check_outputs(out, first)
     assert first["start_epoch"] == 0 and first["epoch"] == 0
+    # The splits stream from Parquet shards of example rows: every example once, in the split it was put in.
+    import pyarrow.parquet as pq
+
+    for split, n in first["split_sizes"].items():
+        shards = glob.glob(os.path.join(out, "splits", split, "shard-*.parquet"))
+        assert sum(pq.read_metadata(p).num_rows for p in shards) == n
     checkpoints = _checkpoints(out)
     assert len(checkpoints) == 1
     assert os.path.isfile(os.path.join(checkpoints[0], "train_state.pt"))
@@ -81,7 +99,7 @@ def test_ddp_two_workers_job_checkpoints_and_resumes(ray_local, data, tmp_path, 
     _check_outputs(out, second)
 
 
-def test_deepspeed_zero2_two_workers(ray_local, data, tmp_path):
+def test_deepspeed_zero2_two_workers(own_ray, data, tmp_path):
     from jobs.train_rfnet import _parser, config_from_args
 
     cfg = config_from_args(_parser().parse_args(_args(data, str(tmp_path / "ds"), "--strategy", "deepspeed")))
@@ -92,6 +110,16 @@ def test_deepspeed_zero2_two_workers(ray_local, data, tmp_path):
     # one ZeRO optimizer shard per worker, merged into one Ray Train checkpoint
     shards = glob.glob(os.path.join(checkpoint, "deepspeed", "last", "zero_pp_rank_*_optim_states.pt"))
     assert len(shards) == 2
+
+
+def test_a_cluster_without_a_cpu_for_decoding_is_refused(ray_local, data, tmp_path, capsys):
+    import jobs.train_rfnet
+
+    assert (
+        jobs.train_rfnet.main(_args(data, str(tmp_path / "o"))) == 2
+    )  # ray_local has 2 CPUs, the 2 workers take them
+    err = capsys.readouterr().err
+    assert "the Ray cluster has 2 CPUs, training needs 3: 2 workers x 1 + data_cpus 1" in err
 
 
 def test_bad_dataset_fails_before_training_with_names(data, tmp_path, capsys):
