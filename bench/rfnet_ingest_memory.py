@@ -74,7 +74,7 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measure(data: str, workers: int, poll_s: float, code: Path, tries: int = 3) -> dict:
+def measure(data: str, workers: int, poll_s: float, code: Path, tries: int = 8) -> dict:
     """One measured run; on a loaded machine Ray's start-up can exceed its fixed 30 s, and that run is redone."""
     for attempt in range(1, tries + 1):
         try:

@@ -21,12 +21,12 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
+from transformers import AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
 from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
 from rfnet.config import TOY_ASSETS
 from rfnet.preprocess import resize
-from rfnet.weights import PretrainedWeightsError, check_fit
+from rfnet.weights import load_pretrained
 
 DEPTH_TYPES = tuple(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
 """The ``model_type`` values of transformers' depth-estimation models (DPT, GLPN, Depth Anything, ...)."""
@@ -167,19 +167,9 @@ def load_depth_model(path: str) -> nn.Module:
         PretrainedWeightsError: ``config.json`` names no depth-estimation architecture, or the weights miss keys
             the model runs, carry keys it does not have, or differ in shape (all listed, the folder named).
     """
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if config.model_type not in DEPTH_TYPES:
-        raise PretrainedWeightsError(
-            f"{path}/config.json: model_type {config.model_type!r} is not a depth-estimation architecture; "
-            f"expected one of {', '.join(DEPTH_TYPES)}"
-        )
-    model, info = AutoModelForDepthEstimation.from_pretrained(
-        path, config=config, local_files_only=True, output_loading_info=True
+    return load_pretrained(
+        path, AutoModelForDepthEstimation, DEPTH_TYPES, "a depth-estimation architecture", _NEVER_RUN
     )
-    missing = [k for k in info["missing_keys"] if _NEVER_RUN not in k]
-    mismatched = [f"{k}: {a} in the file, {b} expected" for k, a, b in info.get("mismatched_keys", [])]
-    check_fit(path, type(model).__name__, missing, info["unexpected_keys"], mismatched)
-    return model
 
 
 def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):

@@ -37,7 +37,7 @@ from transformers import AutoConfig, AutoModel, ResNetConfig, ResNetModel, Rober
 
 from rfnet.config import IMAGE_MODALITIES, RFNetConfig
 from rfnet.text import load_tokenizer
-from rfnet.weights import PretrainedWeightsError, check_fit
+from rfnet.weights import PretrainedWeightsError, load_pretrained
 
 
 class FeatureFilter(nn.Module):
@@ -60,15 +60,6 @@ class FeatureFilter(nn.Module):
         return self.conv_out(self.conv_attn(attended) * self.conv_gate(e_o)) + e_o
 
 
-def _check_fit(path: str, model: nn.Module, info: dict, unused: str) -> None:
-    """Raise unless every weight ``model`` needs was in ``path`` and every weight there was used, apart from
-    keys containing ``unused`` (a part RFNet does not run: a classifier's head, a text pooler)."""
-    missing = [k for k in info["missing_keys"] if unused not in k]
-    unexpected = [k for k in info["unexpected_keys"] if unused not in k]
-    mismatched = [f"{k}: {a} in the file, {b} expected" for k, a, b in info.get("mismatched_keys", [])]
-    check_fit(path, type(model).__name__, missing, unexpected, mismatched)
-
-
 def load_image_trunk(path: str) -> ResNetModel:
     """The ResNet trunk in ``path``: a ``ResNetModel`` folder or a classifier's (``microsoft/resnet-50``'s
     layout, whose ``resnet.`` prefix transformers strips), with every trunk weight loaded.
@@ -76,14 +67,8 @@ def load_image_trunk(path: str) -> ResNetModel:
     Raises:
         PretrainedWeightsError: ``config.json`` names another architecture, or the weights do not fit.
     """
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if config.model_type != "resnet":
-        raise PretrainedWeightsError(
-            f"{path}/config.json: model_type {config.model_type!r} is not a supported image trunk; expected 'resnet'"
-        )
-    model, info = ResNetModel.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
-    _check_fit(path, model, info, unused="classifier")  # a classifier's head is not part of the trunk
-    return model
+    # A classifier's head is not part of the trunk.
+    return load_pretrained(path, ResNetModel, ("resnet",), "a supported image trunk", unused="classifier")
 
 
 def _image_trunk(cfg: RFNetConfig) -> ResNetModel:
@@ -103,17 +88,10 @@ def load_text_encoder(path: str) -> nn.Module:
         PretrainedWeightsError: ``config.json`` names an unsupported architecture, or the weights miss keys
             the architecture needs or carry keys it does not have (both listed).
     """
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if config.model_type not in TEXT_ENCODER_TYPES:
-        raise PretrainedWeightsError(
-            f"{path}/config.json: model_type {config.model_type!r} is not a supported caption encoder; "
-            f"expected one of {', '.join(TEXT_ENCODER_TYPES)}"
-        )
-    model, info = AutoModel.from_pretrained(
-        path, config=config, local_files_only=True, add_pooling_layer=False, output_loading_info=True
+    # RFNet reads the token states, never the pooler.
+    return load_pretrained(
+        path, AutoModel, TEXT_ENCODER_TYPES, "a supported caption encoder", unused="pooler", add_pooling_layer=False
     )
-    _check_fit(path, model, info, unused="pooler")  # RFNet reads the token states, never the pooler
-    return model
 
 
 def _text_encoder(cfg: RFNetConfig) -> nn.Module:

@@ -1,11 +1,13 @@
 """Weights from files, checked: every tensor a module needs is in the file with its shape, and every tensor in the
 file is used. Otherwise one error names the file, the missing and the unexpected keys and the shapes that
 differ, before anything runs (``torch``'s own ``load_state_dict`` error names no file, and transformers'
-``from_pretrained`` only warns and initialises the missing weights at random)."""
+``from_pretrained`` only warns and initialises the missing weights at random). A transformers folder must
+also name a supported architecture in its ``config.json``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,3 +71,36 @@ def load_checked(
     ]
     check_fit(path, what, missing, unexpected, mismatched)
     module.load_state_dict(state, strict=False)  # checked above: only ``optional`` keys can be absent
+
+
+def load_pretrained(path: str, model_class: Any, supported: Sequence[str], what: str, unused: str = "", **kwargs):
+    """The transformers model in local folder ``path``, as the architecture its ``config.json`` names, with every
+    weight checked.
+
+    Args:
+        path: the folder.
+        model_class: what builds it (``AutoModel``, ``ResNetModel``, ...), through ``from_pretrained``.
+        supported: the ``model_type`` values accepted.
+        what: what the folder should hold, for the error (e.g. ``"a supported caption encoder"``).
+        unused: keys containing this may be missing or left over (a part that never runs: a classifier's head,
+            a text pooler).
+        kwargs: more ``from_pretrained`` arguments.
+
+    Raises:
+        PretrainedWeightsError: another architecture, or weights that do not fit (``check_fit``).
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type not in supported:
+        raise PretrainedWeightsError(
+            f"{path}/config.json: model_type {config.model_type!r} is not {what}; expected one of {', '.join(supported)}"
+        )
+    model, info = model_class.from_pretrained(
+        path, config=config, local_files_only=True, output_loading_info=True, **kwargs
+    )
+    missing = [k for k in info["missing_keys"] if not unused or unused not in k]
+    unexpected = [k for k in info["unexpected_keys"] if not unused or unused not in k]
+    mismatched = [f"{k}: {a} in the file, {b} expected" for k, a, b in info.get("mismatched_keys", [])]
+    check_fit(path, type(model).__name__, missing, unexpected, mismatched)
+    return model
