@@ -168,7 +168,7 @@ def load_depth_model(path: str) -> nn.Module:
             the model runs, carry keys it does not have, or differ in shape (all listed, the folder named).
     """
     return load_pretrained(
-        path, AutoModelForDepthEstimation, DEPTH_TYPES, "a depth-estimation architecture", _NEVER_RUN
+        path, AutoModelForDepthEstimation, DEPTH_TYPES, "a depth-estimation architecture", (_NEVER_RUN,)
     )
 
 

@@ -68,7 +68,7 @@ def load_image_trunk(path: str) -> ResNetModel:
         PretrainedWeightsError: ``config.json`` names another architecture, or the weights do not fit.
     """
     # A classifier's head is not part of the trunk.
-    return load_pretrained(path, ResNetModel, ("resnet",), "a supported image trunk", unused="classifier")
+    return load_pretrained(path, ResNetModel, ("resnet",), "a supported image trunk", unused=("classifier",))
 
 
 def _image_trunk(cfg: RFNetConfig) -> ResNetModel:
@@ -79,6 +79,12 @@ def _image_trunk(cfg: RFNetConfig) -> ResNetModel:
 
 # Caption encoders a folder may hold (``config.json`` ``model_type``): the BERT family and its relatives.
 TEXT_ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
+# What a published caption-encoder checkpoint carries besides the encoder, none of which RFNet runs (it reads the
+# token states): the pooler, and the pretraining heads of the layouts these models are released in
+# (roberta-base and xlm-roberta-base: ``*ForMaskedLM``, ``lm_head.*``; a BERT-architecture Chinese RoBERTa such
+# as hfl/chinese-roberta-wwm-ext: ``BertForMaskedLM``/``BertForPreTraining``, ``cls.predictions.*`` and
+# ``cls.seq_relationship.*``).
+TEXT_HEADS = ("pooler", "lm_head.", "cls.predictions.", "cls.seq_relationship.")
 
 
 def load_text_encoder(path: str) -> nn.Module:
@@ -88,9 +94,8 @@ def load_text_encoder(path: str) -> nn.Module:
         PretrainedWeightsError: ``config.json`` names an unsupported architecture, or the weights miss keys
             the architecture needs or carry keys it does not have (both listed).
     """
-    # RFNet reads the token states, never the pooler.
     return load_pretrained(
-        path, AutoModel, TEXT_ENCODER_TYPES, "a supported caption encoder", unused="pooler", add_pooling_layer=False
+        path, AutoModel, TEXT_ENCODER_TYPES, "a supported caption encoder", unused=TEXT_HEADS, add_pooling_layer=False
     )
 
 

@@ -73,7 +73,9 @@ def load_checked(
     module.load_state_dict(state, strict=False)  # checked above: only ``optional`` keys can be absent
 
 
-def load_pretrained(path: str, model_class: Any, supported: Sequence[str], what: str, unused: str = "", **kwargs):
+def load_pretrained(
+    path: str, model_class: Any, supported: Sequence[str], what: str, unused: Sequence[str] = (), **kwargs
+):
     """The transformers model in local folder ``path``, as the architecture its ``config.json`` names, with every
     weight checked.
 
@@ -82,8 +84,8 @@ def load_pretrained(path: str, model_class: Any, supported: Sequence[str], what:
         model_class: what builds it (``AutoModel``, ``ResNetModel``, ...), through ``from_pretrained``.
         supported: the ``model_type`` values accepted.
         what: what the folder should hold, for the error (e.g. ``"a supported caption encoder"``).
-        unused: keys containing this may be missing or left over (a part that never runs: a classifier's head,
-            a text pooler).
+        unused: keys containing one of these may be missing or left over (parts that never run: a classifier's
+            head, a text pooler, a masked-LM or pretraining head).
         kwargs: more ``from_pretrained`` arguments.
 
     Raises:
@@ -99,8 +101,8 @@ def load_pretrained(path: str, model_class: Any, supported: Sequence[str], what:
     model, info = model_class.from_pretrained(
         path, config=config, local_files_only=True, output_loading_info=True, **kwargs
     )
-    missing = [k for k in info["missing_keys"] if not unused or unused not in k]
-    unexpected = [k for k in info["unexpected_keys"] if not unused or unused not in k]
+    missing = [k for k in info["missing_keys"] if not any(u in k for u in unused)]
+    unexpected = [k for k in info["unexpected_keys"] if not any(u in k for u in unused)]
     mismatched = [f"{k}: {a} in the file, {b} expected" for k, a, b in info.get("mismatched_keys", [])]
     check_fit(path, type(model).__name__, missing, unexpected, mismatched)
     return model

@@ -162,3 +162,52 @@ def test_preprocessing_follows_the_image_encoders_processor_config(tmp_path):
         build(preset("tiny").replace(image_encoder_path=bare, image_size=None))
     _, prep = build(preset("tiny").replace(image_encoder_path=bare))
     assert prep.mean == (0.485, 0.456, 0.406)  # ImageNet's, as before
+
+
+# The published config.json of each model, field by field (their hub pages), and the head each checkpoint is
+# released with: roberta-base is a RobertaForMaskedLM (``lm_head.*``); hfl/chinese-roberta-wwm-ext is a BERT
+# whose checkpoint carries the pretraining heads (``cls.predictions.*``, ``cls.seq_relationship.*``) and a pooler.
+ROBERTA_BASE = {"architectures": ["RobertaForMaskedLM"], "attention_probs_dropout_prob": 0.1, "bos_token_id": 0,
+                "eos_token_id": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 768,
+                "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-05,
+                "max_position_embeddings": 514, "model_type": "roberta", "num_attention_heads": 12,
+                "num_hidden_layers": 12, "pad_token_id": 1, "type_vocab_size": 1, "vocab_size": 50265}  # fmt: skip
+CHINESE_ROBERTA = {"architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1, "bos_token_id": 0,
+                   "directionality": "bidi", "eos_token_id": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+                   "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
+                   "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert",
+                   "num_attention_heads": 12, "num_hidden_layers": 12, "output_past": True, "pad_token_id": 0,
+                   "pooler_fc_size": 768, "pooler_num_attention_heads": 12, "pooler_num_fc_layers": 3,
+                   "pooler_size_per_head": 128, "pooler_type": "first_token_transform", "type_vocab_size": 2,
+                   "vocab_size": 21128}  # fmt: skip
+
+
+@pytest.mark.parametrize("published", ["roberta-base", "chinese-roberta-wwm-ext"])
+def test_published_checkpoint_layouts_load_every_encoder_weight(tmp_path, published):
+    """The real configs, saved in the layout they are published in (a pretraining head beside the encoder): every
+    encoder tensor of the file is loaded as it is, no encoder parameter is left at its random init, and only the
+    heads and pooler RFNet never runs are left over."""
+    from transformers import BertForPreTraining, RobertaForMaskedLM
+
+    folder = str(tmp_path / published)
+    torch.manual_seed(4)
+    if published == "roberta-base":
+        RobertaForMaskedLM(RobertaConfig(**ROBERTA_BASE)).save_pretrained(folder)
+        prefix, cfg = "roberta.", preset("tiny").replace(text_encoder_path=folder)
+    else:
+        BertForPreTraining(BertConfig(**CHINESE_ROBERTA)).save_pretrained(folder)
+        with open(os.path.join(folder, "vocab.txt"), "w") as f:  # 21,128 entries, as the published vocab.txt
+            f.write("\n".join(VOCAB + [f"[unused{i}]" for i in range(21128 - len(VOCAB))]) + "\n")
+        BertTokenizer(os.path.join(folder, "vocab.txt")).save_pretrained(folder)
+        prefix, cfg = "bert.", _cfg(folder)
+    saved = load_file(os.path.join(folder, "model.safetensors"))
+    assert any(not k.startswith(prefix) for k in saved)  # the head is in the file
+    encoder = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix) and ".pooler." not in k}
+
+    model, _ = build(cfg)
+    loaded = model.text_encoder.state_dict()
+    assert type(model.text_encoder) is (RobertaModel if published == "roberta-base" else BertModel)
+    assert set(encoder) <= set(loaded) and all(torch.equal(loaded[k], v) for k, v in encoder.items())
+    assert {name for name, _ in model.text_encoder.named_parameters()} <= set(encoder)  # none newly initialised
+    left_over = {k for k in saved if not k.startswith(prefix) or ".pooler." in k}
+    assert left_over and all(k.startswith(("lm_head.", "cls.")) or ".pooler." in k for k in left_over)
