@@ -13,6 +13,7 @@ from rfnet import Scorer
 from rfnet.checkpoint import read_meta, resolve
 from rfnet.config import TRAINED_RFNETS
 from rfnet.metrics import average_precision
+from rfnet.preprocess import IMAGE_MEAN, IMAGE_STD
 from rfnet.synth import iter_samples
 
 
@@ -26,6 +27,11 @@ def test_loads_by_name_with_its_threshold_and_maps():
     scorer = Scorer("toy", device="cpu", depth="toy", saliency="toy")
     assert scorer.threshold == meta["threshold"] and scorer.model_id.startswith("toy-")
     assert ScorerConfig(rfnet="toy", depth="toy", saliency="toy").checked().rfnet == "toy"
+    # Its config.json predates the stored normalisation (no image_mean/image_std): it loads as it was trained, at
+    # 64 px with ImageNet's statistics, without conversion.
+    assert "image_mean" not in meta["rfnet"] and "image_std" not in meta["rfnet"]
+    prep = scorer.preprocess
+    assert (prep.size, prep.mean, prep.std) == (64, IMAGE_MEAN, IMAGE_STD)
 
 
 def test_ranks_available_renders_above_chance():
