@@ -3,9 +3,10 @@
 Streaming ingest must keep both flat as the dataset grows (target: the larger set within 1.3x of the smaller).
 Each size is one `adloop train-rfnet --epochs 1` run in its own process with its own local Ray. From outside,
 the RSS of that process and of all its descendants (GCS, raylet, Ray Train workers, Ray Data's decode workers)
-is summed every --poll-s seconds; inside, a thread asks the raylet for the object store's used bytes
-(what `ray memory --stats-only` reports) at the same rate. The sets are synthetic RF1M folders, cheapest at a
-small render size (the decoder resizes to the model's 64 px anyway):
+is summed every --poll-s seconds; inside, a thread asks the raylet for the object store's used bytes (what
+`ray memory --stats-only` reports: shared memory plus fallback files; the bytes spilled are reported beside) at
+the same rate, and a run in which no sample was taken fails with the sampler's last error. The sets are
+synthetic RF1M folders, cheapest at a small render size (the decoder resizes to the model's 64 px anyway):
 
     adloop synth rf1m --n 2000 --output /tmp/s2k --seed 1702 --render-size 32
     adloop synth rf1m --n 20000 --output /tmp/s20k --seed 1720 --render-size 32
@@ -38,14 +39,16 @@ def _object_store_sampler(poll_s: float, out: dict) -> None:
     while not ray.is_initialized():
         time.sleep(poll_s)
     address = ray.get_runtime_context().gcs_address
-    while True:
+    while ray.is_initialized():
         try:
             stats = get_memory_info_reply(get_state_from_address(address)).store_stats
-            used = stats.object_store_bytes_used + stats.spilled_bytes_current
+            # in shared memory, plus what did not fit there and went to the fallback files
+            used = stats.object_store_bytes_used + stats.object_store_bytes_fallback
             out["peak_object_store_bytes"] = max(out.get("peak_object_store_bytes", 0), used)
+            out["spilled_bytes_total"] = stats.spilled_bytes_total
             out["samples"] = out.get("samples", 0) + 1
-        except Exception:  # Ray shutting down at the end of the run
-            return
+        except Exception as e:  # Ray shutting down at the end of the run; kept, so a run with no sample says why
+            out["error"] = f"{type(e).__name__}: {e}"
         time.sleep(poll_s)
 
 
@@ -101,13 +104,16 @@ def _measure(data: str, workers: int, poll_s: float, code: Path) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"train-rfnet on {data} failed with {proc.returncode}: {proc.log[-4000:]}")
         store = json.loads(Path(out, "bench_store.json").read_text())
+        if not store.get("samples"):
+            raise RuntimeError(f"no object-store sample was taken on {data}: {store.get('error')}")
         metrics = json.loads(Path(out, "metrics.json").read_text())
     return {
         "examples": sum(metrics["split_sizes"].values()),
         "split_sizes": metrics["split_sizes"],
         "seconds": round(store["seconds"], 1),
         "peak_object_store_mb": round(store.get("peak_object_store_bytes", 0) / 2**20, 1),
-        "object_store_samples": store.get("samples", 0),
+        "object_store_samples": store["samples"],
+        "spilled_mb": round(store.get("spilled_bytes_total", 0) / 2**20, 1),
         "peak_summed_rss_mb": round(peak / 2**20, 1),
     }
 
