@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,72 +47,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def job_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of ``adloop <job>``: its module docstring as the description, :class:`HelpFormatter`, and
-    ``--config`` (read by :func:`parse`)."""
+    ``--config`` (read, with the ``name=value`` overrides, by ``jobs.config.parse``)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
     CONFIG.add(parser)
     return parser
-
-
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None, known: bool = False):
-    """``parser.parse_args(argv)`` (``parse_known_args`` with ``known``), after applying ``--config FILE``.
-
-    The YAML file maps option names (``guidance_scale`` or ``guidance-scale``; a subcommand's options too)
-    to values; they become the defaults, so any flag on the command line overrides them. An unknown name
-    is an error naming it.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    path = None
-    for i, arg in enumerate(argv):  # found by hand: the file must apply before the parser runs
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.partition("=")[2]
-    if path:
-        _apply_config(parser, path)
-    return parser.parse_known_args(argv) if known else parser.parse_args(argv)
-
-
-def _owned_actions(parser: argparse.ArgumentParser):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                yield from _owned_actions(sub)
-        elif action.dest not in ("help", "config"):
-            yield parser, action
-
-
-def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as err:
-        parser.error(f"--config {path}: {err}")
-    if not isinstance(data, dict):
-        parser.error(f"--config {path}: expected a mapping of option names to values")
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
-    owners = {action.dest: (owner, action) for owner, action in _owned_actions(parser)}
-    unknown = sorted(set(values) - set(owners))
-    if unknown:
-        parser.error(f"--config {path}: unknown options {unknown}; known: {sorted(owners)}")
-    for dest, value in values.items():
-        owner, action = owners[dest]
-        action.required = False  # given by the file
-        owner.set_defaults(**{dest: value})
-
-
-def write_resolved_config(args: argparse.Namespace, output: str, name: str = "config.yaml") -> str:
-    """Write every option's resolved value (``--config`` file, defaults and flags merged) as YAML under
-    ``output`` (a folder, local or fsspec URI), so a run can be repeated with ``--config`` alone."""
-    import yaml
-
-    from cluster.storage import join, write_bytes_atomic
-
-    values = {k: v for k, v in sorted(vars(args).items()) if k != "config"}
-    path = join(output, name)
-    write_bytes_atomic(path, yaml.safe_dump(values, sort_keys=True).encode())
-    return path
 
 
 @dataclass(frozen=True)
@@ -176,8 +113,9 @@ _STEPS_DEFAULTS = ", ".join(f"{steps} for {name}" for name, (_, steps) in PRESET
 
 CONFIG = Option(
     ("--config",),
-    "a YAML file of this job's options (option names as keys, e.g. guidance_scale: 5.0); flags on the command "
-    "line override it. Jobs with an output write the resolved options there as config.yaml (default: none)",
+    "a YAML file of this job's options (option names as keys, e.g. guidance_scale: 5.0); name=value arguments "
+    "(e.g. guidance_scale=5) override it, and flags override both. Jobs with an output write the resolved options "
+    "there as config.yaml (default: none)",
     metavar="FILE.yaml",
 )
 

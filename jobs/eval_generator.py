@@ -19,7 +19,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, generator_config, job_parser, parse
+from jobs.args import add, generator_config, job_parser
+from jobs.config import parse
 
 logger = logging.getLogger("adloop.eval_generator")
 

@@ -15,14 +15,8 @@ import sys
 import time
 
 from jobs import args as opts
-from jobs.args import (
-    add_generator_args,
-    conditioning_config,
-    generator_config,
-    job_parser,
-    parse,
-    write_resolved_config,
-)
+from jobs.args import add_generator_args, conditioning_config, generator_config, job_parser
+from jobs.config import parse, write_resolved_config
 
 logger = logging.getLogger("adloop.generate")
 

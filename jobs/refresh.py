@@ -15,15 +15,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import (
-    add,
-    add_generator_args,
-    conditioning_config,
-    generator_config,
-    job_parser,
-    parse,
-    write_resolved_config,
-)
+from jobs.args import add, add_generator_args, conditioning_config, generator_config, job_parser
+from jobs.config import parse, write_resolved_config
 
 # The engine (Ray, diffusers, pyarrow) is imported only once the arguments are parsed, so --help is instant.
 

@@ -13,7 +13,8 @@ import sys
 
 from engine.report_config import ReportConfig
 from jobs import args as opts
-from jobs.args import add, job_parser, parse
+from jobs.args import add, job_parser
+from jobs.config import parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,7 +21,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser, parse
+from jobs.args import add, job_parser
+from jobs.config import parse
 
 # engine.review.ReviewConfig's default (that module imports pyarrow, which --help must not load).
 AUDIT_DEFAULT = 50

@@ -19,7 +19,8 @@ import sys
 import time
 
 from jobs import args as opts
-from jobs.args import add, job_parser, parse
+from jobs.args import add, job_parser
+from jobs.config import parse
 
 logger = logging.getLogger("adloop.serve")
 

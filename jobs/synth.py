@@ -15,7 +15,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import HelpFormatter, add, job_parser, parse, write_resolved_config
+from jobs.args import HelpFormatter, add, job_parser
+from jobs.config import parse, write_resolved_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser, one_value, parse
+from jobs.args import add, job_parser, one_value
+from jobs.config import parse
 
 
 def _parser() -> argparse.ArgumentParser:

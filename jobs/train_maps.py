@@ -20,7 +20,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser, one_value, parse
+from jobs.args import add, job_parser, one_value
+from jobs.config import parse
 
 # The recipe's defaults where a flag is shared with other training jobs (shown in --help; None takes them).
 _RECIPE = {"name": "maps", "epochs": 4, "batch_size": 16, "lr": 2e-3, "image_size": 128}

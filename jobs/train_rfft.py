@@ -27,7 +27,8 @@ import sys
 import time
 
 from jobs import args as opts
-from jobs.args import add, generator_config, job_parser, parse, write_resolved_config
+from jobs.args import add, generator_config, job_parser
+from jobs.config import parse, write_resolved_config
 from rfft.config import REGULARISERS, REWARDS, RFFTConfig
 
 _R = RFFTConfig  # its class attributes are the field defaults

@@ -22,7 +22,8 @@ import logging
 import sys
 
 from jobs import args as opts
-from jobs.args import add, job_parser, parse, write_resolved_config
+from jobs.args import add, job_parser
+from jobs.config import parse, write_resolved_config
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
 from rfnet.train_config import recipe_default
 

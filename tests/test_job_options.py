@@ -144,27 +144,3 @@ def test_old_spellings_still_parse():
     assert (old.max_steps, old.steps) == (7, 3)
     new = train_rfft.parse_args(["--train-products", "p", "--output", "o", "--max-steps", "7", "--steps", "3"])
     assert (new.max_steps, new.steps) == (7, 3)
-
-
-def test_a_yaml_config_sets_options_flags_override_it_and_unknown_names_fail(tmp_path, capsys):
-    from jobs import refresh, synth
-    from jobs.args import write_resolved_config
-
-    cfg = tmp_path / "nightly.yaml"
-    cfg.write_text("input: skus.jsonl\noutput: out\nguidance-scale: 5.0\nmax_attempts: 3\nrfnet: runs/rfnet\n")
-    args = refresh.parse_args(["--config", str(cfg), "--max-attempts", "4"])
-    assert (args.input, args.output, args.guidance_scale, args.max_attempts) == ("skus.jsonl", "out", 5.0, 4)
-    # the resolved options, written next to the outputs, repeat the run with --config alone
-    written = write_resolved_config(args, str(tmp_path / "run"))
-    again = refresh.parse_args(["--config", written])
-    assert vars(again) == {**vars(args), "config": written}
-    # a subcommand's options are read too: its required --n and --output come from the file
-    (tmp_path / "synth.yaml").write_text("n: 12\noutput: data\n")
-    with pytest.raises(SystemExit):
-        synth.main(["rf1m", "--config", str(tmp_path / "synth.yaml"), "--render-size", "not-a-number"])
-    err = capsys.readouterr().err
-    assert "--render-size" in err and "required" not in err
-    (tmp_path / "bad.yaml").write_text("guidance_scal: 5\n")
-    with pytest.raises(SystemExit):
-        refresh.parse_args(["--config", str(tmp_path / "bad.yaml"), "--input", "i", "--output", "o"])
-    assert "unknown options ['guidance_scal']" in capsys.readouterr().err
