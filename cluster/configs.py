@@ -48,3 +48,10 @@ def _dataclass_in(hint: Any) -> type | None:
         members = [a for a in typing.get_args(hint) if isinstance(a, type) and dataclasses.is_dataclass(a)]
         return members[0] if len(members) == 1 else None
     return None
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls``, read without building one (a default factory is
+    called): what a job's ``--help`` shows, from the config's own declaration."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -8,8 +8,9 @@ the standard stages (VAE; UNet + text encoder; ControlNet), each under Ray Train
     adloop refresh --base-model runs/toy-generator/pipeline --input ... --output ...
 
 Running the same command again resumes: finished stages are skipped, the running one restarts from its
-last checkpoint. Writes ``<output>/pipeline`` (a diffusers folder) and ``<output>/train_log.json`` (loss
-curves and wall time per stage). The shipped ``toy`` preset is a copy of such a ``pipeline`` folder.
+last checkpoint. Writes ``<output>/pipeline`` (a diffusers folder), ``<output>/train_log.json`` (loss
+curves and wall time per stage) and ``<output>/config.yaml`` (the job's options, once it ends). The shipped ``toy`` preset
+is a copy of such a ``pipeline`` folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 from jobs import args as opts
 from jobs.args import add, job_parser, one_value
-from jobs.config import parse
+from jobs.config import parse, write_resolved_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in recipe.items() if v is not None},
         )  # fmt: skip
         log = fit(cfg)
+        write_resolved_config(args, args.output)  # after fit: a set it refuses leaves no output
     except (SceneSetError, ValueError, FileNotFoundError) as e:
         print(f"adloop train-generator: {e}", file=sys.stderr)
         return 2

@@ -21,11 +21,12 @@ import json
 import logging
 import sys
 
+from cluster.configs import field_default
 from jobs import args as opts
 from jobs.args import add, job_parser
 from jobs.config import parse, write_resolved_config
 from rfnet.config import MODALITIES, PRESET_NAMES, preset
-from rfnet.train_config import recipe_default
+from rfnet.train_config import MAPS, TrainConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "the threshold is calibrated again on the new validation split",
     )
     opts.OUTPUT.add(p, required=True)
-    opts.RUN_NAME.add(p, recipe_default=recipe_default("name"))
+    opts.RUN_NAME.add(p, recipe_default=field_default(TrainConfig, "name"))
     add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
     opts.IMAGE_SIZE.add(
         p, recipe_default="the preset's; with --image-encoder, the size in its preprocessor_config.json"
@@ -60,27 +61,31 @@ def _parser() -> argparse.ArgumentParser:
         p,
         "--data-cpus",
         type=float,
-        default=recipe_default("data_cpus"),
+        default=field_default(TrainConfig, "data_cpus"),
         help="CPUs for Ray Data's decode tasks beside the workers' (a local Ray gets workers x cpus + these)",
     )
     opts.GPU.add(p)
     opts.DTYPE.add(p)
-    opts.EPOCHS.add(p, recipe_default=f"{recipe_default('epochs')}; the lr drops 10x halfway")
-    opts.BATCH_SIZE.add(p, recipe_default=recipe_default("batch_size"))
-    opts.LR.add(p, recipe_default=f"{recipe_default('lr'):g}, before the drop")
-    add(p, "--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    add(p, "--maps", default="dataset", choices=("dataset", "compute"), help="depth/saliency source")
+    opts.EPOCHS.add(p, recipe_default=f"{field_default(TrainConfig, 'epochs')}; the lr drops 10x halfway")
+    opts.BATCH_SIZE.add(p, recipe_default=field_default(TrainConfig, "batch_size"))
+    opts.LR.add(p, recipe_default=f"{field_default(TrainConfig, 'lr'):g}, before the drop")
+    add(p, "--weight-decay", type=float, default=field_default(TrainConfig, "weight_decay"), help="AdamW weight decay")
+    add(p, "--maps", default=field_default(TrainConfig, "maps"), choices=MAPS, help="depth/saliency source")
     opts.DEPTH.add(p)
     opts.SALIENCY.add(p)
     opts.MAX_STEPS_PER_EPOCH.add(p)
-    add(p, "--max-failures", type=int, default=0, help="worker failures Ray Train retries from a checkpoint")
+    add(
+        p,
+        "--max-failures",
+        type=int,
+        default=field_default(TrainConfig, "max_failures"),
+        help="worker failures Ray Train retries from a checkpoint",
+    )
     opts.SEED.add(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace):
-    from rfnet.train import TrainConfig
-
     model = preset(args.preset)
     changes = {"modalities": tuple(m for m in args.modalities.split(",") if m)}
     if args.image_size:

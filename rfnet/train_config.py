@@ -14,6 +14,7 @@ from cluster.configs import from_dict
 from rfnet.config import RFNetConfig, preset
 
 STRATEGIES = ("ddp", "deepspeed")
+MAPS = ("dataset", "compute")
 
 
 @dataclass
@@ -98,8 +99,8 @@ class TrainConfig:
             raise ValueError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError("dtype must be fp32 or bf16 (fp16 needs loss scaling this recipe does not do)")
-        if self.maps not in ("dataset", "compute"):
-            raise ValueError("maps must be 'dataset' or 'compute'")
+        if self.maps not in MAPS:
+            raise ValueError(f"maps must be one of {MAPS}, got {self.maps!r}")
         if self.data_cpus <= 0:
             raise ValueError(f"data_cpus must be > 0 (the decode tasks need a CPU), got {self.data_cpus}")
         if self.num_workers < 1 or self.batch_size < 1 or self.epochs < 1:
@@ -115,9 +116,3 @@ class TrainConfig:
         """The config from plain data, ``model`` included (``cluster.configs.from_dict``: unknown keys are
         refused at every level)."""
         return from_dict(cls, d)
-
-
-def recipe_default(name: str) -> Any:
-    """The default of ``TrainConfig`` field ``name`` (what the job's ``--help`` shows)."""
-    f = TrainConfig.__dataclass_fields__[name]
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import jobs.train_maps
 from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES, TOY_ASSETS, TRAINED_RFNETS
@@ -42,6 +43,10 @@ def test_train_maps_job_writes_loadable_models(ray_local, small_set, tmp_path, c
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
     assert all(np.isfinite(h["depth_loss"]) and np.isfinite(h["saliency_loss"]) for h in metrics["history"])
     assert printed["eval"] == metrics["eval"] and {"depth_rmse", "saliency_f"} <= set(metrics["eval"])
+    options = yaml.safe_load(open(os.path.join(out, "config.yaml")))  # the job's options, to repeat the run
+    assert (options["image_size"], options["depth_arch"], options["lr"]) == (32, "tiny", None)
+    recipe = json.load(open(os.path.join(out, "train_config.json")))  # the recipe's defaults filled in
+    assert (recipe["image_size"], recipe["lr"], recipe["depth_model"]["hidden_size"]) == (32, 2e-3, 32)
 
     depth, saliency = load_depth(os.path.join(out, "depth")), load_saliency(os.path.join(out, "saliency"))
     assert depth.input_size == 32 and depth.minmax is False  # declared in the folder's preprocessor_config.json

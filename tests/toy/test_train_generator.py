@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import jobs.train_generator
 from engine.config import ConditioningConfig, GeneratorConfig
@@ -44,6 +45,8 @@ def test_every_stage_trains_and_logs_its_curve(trained):
     out, _ = trained
     log = json.load(open(os.path.join(out, "train_log.json")))
     assert list(log["stages"]) == ["vae", "unet", "controlnet"]
+    options = yaml.safe_load(open(os.path.join(out, "config.yaml")))  # the job's options, to repeat the run
+    assert (options["vae_steps"], options["batch_size"], options["data"]) == (2, 2, [trained[1][1]])
     for stage in log["stages"].values():
         assert stage["steps"] == 2 and [p["step"] for p in stage["curve"]] == [1, 2]
         assert all(np.isfinite(p["loss"]) for p in stage["curve"]) and stage["wall_s"] > 0
