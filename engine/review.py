@@ -37,6 +37,7 @@ from engine.commit import replace_final_rows
 from engine.outputs import RESULT_SCHEMA, complete_parts, iter_column_batches
 from engine.paths import safe_name
 from engine.report_html import relative_link
+from engine.review_config import ReviewConfig
 from rfnet.config import LABELS
 
 logger = logging.getLogger(__name__)
@@ -52,20 +53,6 @@ class ReviewError(Exception):
     def __init__(self, status: int, code: str, detail: str):
         super().__init__(f"{code}: {detail}")
         self.status, self.code, self.detail = status, code, detail
-
-
-@dataclass
-class ReviewConfig:
-    """How the review session is drawn."""
-
-    audit: int = 50
-    """Auto-accepted SKUs in the audit sample (frozen in session.json when the review first opens)."""
-    seed: int = 0
-    """Seed of the audit sample: the SKUs with the smallest hash of (seed, id)."""
-
-    def __post_init__(self) -> None:
-        if self.audit < 0:
-            raise ValueError("audit must be >= 0")
 
 
 def audit_key(seed: int, sku_id: str) -> int:

@@ -20,21 +20,21 @@ import json
 import logging
 import sys
 
+from engine.review_config import ReviewConfig
 from jobs import args as opts
 from jobs.args import add, job_parser
 from jobs.config import parse
 
-# engine.review.ReviewConfig's default (that module imports pyarrow, which --help must not load).
-AUDIT_DEFAULT = 50
+PORT = 8080
 
 
 def _serve_parser() -> argparse.ArgumentParser:
     p = job_parser("adloop review", __doc__)
     opts.REFRESH_OUTPUT.add(p)
     opts.HOST.add(p)
-    opts.PORT.add(p, recipe_default=8080)
+    opts.PORT.add(p, recipe_default=PORT)
     opts.TOKEN_FILE.add(p)
-    add(p, "--audit", type=int, default=AUDIT_DEFAULT, help="auto-accepted SKUs to audit")
+    add(p, "--audit", type=int, default=ReviewConfig.audit, help="auto-accepted SKUs to audit")
     opts.SEED.add(p)
     return p
 
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         return _export(argv[1:])
     args = parse(_serve_parser(), argv)
-    port = args.port or 8080
-    from engine.review import ReviewConfig, ReviewError, ReviewSession
+    port = args.port or PORT
+    from engine.review import ReviewError, ReviewSession
 
     try:
         session = ReviewSession(args.output, ReviewConfig(audit=args.audit, seed=args.seed))

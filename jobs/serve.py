@@ -23,6 +23,7 @@ from jobs.args import add, job_parser
 from jobs.config import parse
 
 logger = logging.getLogger("adloop.serve")
+PORT = 8000
 
 
 # Old spellings of this job, kept for one release: refresh's --num-cpus is the local Ray's CPUs, not a replica's.
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for option in (opts.RFNET, opts.THRESHOLD, opts.DEPTH, opts.SALIENCY, opts.DEVICE):
         option.add(p)
     opts.HOST.add(p)
-    opts.PORT.add(p, recipe_default=8000)
+    opts.PORT.add(p, recipe_default=PORT)
     opts.TOKEN_FILE.add(p)
     add(
         p,
@@ -103,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (what Kubernetes and `kill` send) takes the same clean path as Ctrl-C; installed after Ray's own.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port or 8000})
+        serve.start(http_options={"host": args.host, "port": args.port or PORT})
         serve.run(build_app(app_args), name="rfnet-scorer", route_prefix="/")
-        logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port or 8000)
+        logger.info("scoring on http://%s:%d/v1/score (Ctrl-C or SIGTERM stops)", args.host, args.port or PORT)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
