@@ -1,8 +1,15 @@
-"""Typed configs of the generation path. Each field says what it means and its units."""
+"""Typed configs of the engine: the generator, the conditioning, the scorer and the catalog refresh. Each field
+says what it means and its units.
+
+The jobs read their defaults from here while they build their parsers, so this module stays light (no torch,
+ray or pyarrow).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from cluster.resources import ResourceConfig
 
 SCHEDULERS = ("ddim", "euler_a", "dpmpp_sde_karras")
 
@@ -110,3 +117,82 @@ class ConditioningConfig:
             raise ValueError(f"image_scale must be in [0.05, 1], got {self.image_scale}")
         if self.size <= 0 or self.size % 8:
             raise ValueError(f"size must be a positive multiple of 8, got {self.size}")
+
+
+FIXED_RATE_PREFIX = "fixed-rate:"
+
+
+@dataclass
+class ScorerConfig:
+    """Which judge scores the candidates (``engine.score.ScoreStage``) and its auxiliary models."""
+
+    rfnet: str = "tiny"
+    """``tiny`` | ``toy`` (shipped, trained) | an RFNet checkpoint folder | ``inspector`` | ``fixed-rate:P``
+    (benchmarks only, see ``engine.score``)."""
+    threshold: float | None = None
+    """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
+    depth: str = "tiny"
+    """Depth model: ``tiny``, ``toy`` (trained on synthetic scenes) or a transformers depth-estimation folder."""
+    saliency: str = "tiny"
+    """Saliency model: ``tiny``, ``paper`` (U^2-Net, random), ``toy`` (trained on synthetic scenes), U^2-Net's
+    ``u2net.pth`` / ``u2netp.pth`` or a saliency checkpoint folder."""
+    device: str = "auto"
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.rfnet.startswith(FIXED_RATE_PREFIX):
+            rate = float(self.rfnet[len(FIXED_RATE_PREFIX) :])
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{self.rfnet}: the rate must be in [0, 1]")
+
+    def checked(self) -> ScorerConfig:
+        """This config with its model paths checked and made absolute (``engine.score.checked_scorer_paths``)."""
+        from engine.score import checked_scorer_paths
+
+        rfnet, depth, saliency = checked_scorer_paths(self.rfnet, self.depth, self.saliency)
+        return replace(self, rfnet=rfnet, depth=depth, saliency=saliency)
+
+
+@dataclass
+class RefreshConfig:
+    """One catalog refresh (``engine.pipeline.run_refresh``): inputs, models, the feedback loop, resources."""
+
+    input: str
+    """Folder of cutouts or a manifest (.parquet/.csv/.jsonl); local or any fsspec URI."""
+    output: str
+    """Output root (local or fsspec URI). Rerunning with the same output resumes."""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    prompts: str | None = None
+    """Prompt config in the authors' format; None = bundled."""
+    run_seed: int = 0
+    """Every attempt's seed is a pure function of (run_seed, SKU id, attempt)."""
+    max_attempts: int = 5
+    """Attempt budget K per SKU; a SKU with no accepted candidate by then ends needs_review."""
+    rotate_after: int = 2
+    """Next prompt template after this many failed attempts (0 = never)."""
+    mix_caption: bool = False
+    """Prefix each product's caption to the prompt."""
+    success_target: float = 0.9
+    """When batches would run part-empty, give each pending SKU enough candidates to be accepted with
+    this probability at the acceptance rate seen so far (within its remaining budget)."""
+    stage_rows_per_file: int = 5000
+    """Rows per staged input file (the granularity Ray Data reads the catalog in)."""
+    round_retries: int = 3
+    """How often a round whose execution fails for a system reason (lost node/actor/object) is rerun."""
+    progress: bool = True
+    """Show a live progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.generator.size != self.conditioning.size:
+            raise ValueError("generator and conditioning canvas sizes differ")
+        if self.round_retries < 0:
+            raise ValueError(f"round_retries must be >= 0, got {self.round_retries}")
+        if not 0 < self.success_target < 1:
+            raise ValueError("success_target must be in (0, 1)")

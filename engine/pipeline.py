@@ -38,10 +38,10 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from cluster.resources import ResourceConfig, plan_pools
+from cluster.resources import plan_pools
 from cluster.storage import filesystem, join
 from engine.commit import RoundLedger, iter_stats
-from engine.config import ConditioningConfig, GeneratorConfig
+from engine.config import GeneratorConfig, RefreshConfig, ScorerConfig
 from engine.models import checked_paths, describe
 from engine.outputs import complete_parts, iter_column_batches, summarise, write_parquet_atomic, write_summary
 from engine.prepare import PromptPolicy
@@ -55,50 +55,12 @@ from engine.refresh_stages import (
     pending_schema,
 )
 from engine.report import write_report
-from engine.score import ScorerConfig, ScoreStage
+from engine.score import ScoreStage
 from engine.sources import SourceError, iter_records
 
 logger = logging.getLogger(__name__)
 
 UNSAFE_ID_PARTS = ("/", "..", "\x00")
-
-
-@dataclass
-class RefreshConfig:
-    input: str
-    """Folder of cutouts or a manifest (.parquet/.csv/.jsonl); local or any fsspec URI."""
-    output: str
-    """Output root (local or fsspec URI). Rerunning with the same output resumes."""
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    resources: ResourceConfig = field(default_factory=ResourceConfig)
-    prompts: str | None = None
-    """Prompt config in the authors' format; None = bundled."""
-    run_seed: int = 0
-    max_attempts: int = 5
-    """Attempt budget K per SKU; a SKU with no accepted candidate by then ends needs_review."""
-    rotate_after: int = 2
-    """Next prompt template after this many failed attempts (0 = never)."""
-    mix_caption: bool = False
-    success_target: float = 0.9
-    """When batches would run part-empty, give each pending SKU enough candidates to be accepted with
-    this probability at the acceptance rate seen so far (within its remaining budget)."""
-    stage_rows_per_file: int = 5000
-    """Rows per staged input file (the granularity Ray Data reads the catalog in)."""
-    round_retries: int = 3
-    """How often a round whose execution fails for a system reason (lost node/actor/object) is rerun."""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.generator.size != self.conditioning.size:
-            raise ValueError("generator and conditioning canvas sizes differ")
-        if self.round_retries < 0:
-            raise ValueError(f"round_retries must be >= 0, got {self.round_retries}")
-        if not 0 < self.success_target < 1:
-            raise ValueError("success_target must be in (0, 1)")
 
 
 def candidates_per_sku(

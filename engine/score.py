@@ -14,45 +14,15 @@ behaviour (attempts per accepted SKU ~ 1/P) can be checked against theory.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 
 import numpy as np
 
 from cluster.paths import ModelPathError, checked_path
 from engine.columns import encode_lists
+from engine.config import FIXED_RATE_PREFIX, ScorerConfig
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
 from rfnet.config import INSPECTOR, MAP_PRESET_NAMES, PRESET_NAMES, TRAINED_RFNETS
-
-FIXED_RATE_PREFIX = "fixed-rate:"
-
-
-@dataclass
-class ScorerConfig:
-    rfnet: str = "tiny"
-    """``tiny`` | ``toy`` (shipped, trained) | an RFNet checkpoint folder | ``inspector`` | ``fixed-rate:P``
-    (benchmarks only, see module doc)."""
-    threshold: float | None = None
-    """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
-    depth: str = "tiny"
-    """Depth model: ``tiny``, ``toy`` (trained on synthetic scenes) or a transformers depth-estimation folder."""
-    saliency: str = "tiny"
-    """Saliency model: ``tiny``, ``paper`` (U^2-Net, random), ``toy`` (trained on synthetic scenes), U^2-Net's
-    ``u2net.pth`` / ``u2netp.pth`` or a saliency checkpoint folder."""
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.rfnet.startswith(FIXED_RATE_PREFIX):
-            rate = float(self.rfnet[len(FIXED_RATE_PREFIX) :])
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{self.rfnet}: the rate must be in [0, 1]")
-
-    def checked(self) -> ScorerConfig:
-        """This config with its model paths checked and made absolute (``checked_scorer_paths``)."""
-        rfnet, depth, saliency = checked_scorer_paths(self.rfnet, self.depth, self.saliency)
-        return replace(self, rfnet=rfnet, depth=depth, saliency=saliency)
 
 
 def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, str, str]:

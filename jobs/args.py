@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config import PRESET_SAMPLING, SCHEDULERS, ConditioningConfig, GeneratorConfig
+from engine.config import PRESET_SAMPLING, SCHEDULERS, ConditioningConfig, GeneratorConfig, ScorerConfig
 
 _ROLE = re.compile(r":(?:class|func|mod|data|attr|meth):`~?([^`]+)`")
 
@@ -181,7 +181,7 @@ RFNET = Option(
     "RFNet: tiny | paper (random-weight presets) | toy (trained on the toy generator's images) | a checkpoint "
     "folder | inspector (the rule-based judge of the synthetic world); refresh also takes 'fixed-rate:P', a "
     "benchmark-only scorer accepting a known fraction P",
-    default="tiny",
+    default=ScorerConfig.rfnet,
 )
 THRESHOLD = Option(
     ("--threshold",), "accept when P(Available) >= T (default: the checkpoint's)", type=float, metavar="T"
@@ -189,13 +189,13 @@ THRESHOLD = Option(
 DEPTH = Option(
     ("--depth",),
     "depth model: tiny | paper (DPT-Large, random) | toy (trained) | a transformers depth folder",
-    default="tiny",
+    default=ScorerConfig.depth,
 )
 SALIENCY = Option(
     ("--saliency",),
     "saliency model: tiny | paper (U^2-Net, random) | toy (trained) | u2net.pth or u2netp.pth (U^2-Net's weights) "
     "| a saliency folder",
-    default="tiny",
+    default=ScorerConfig.saliency,
 )
 
 # --- training jobs (train-rfnet, train-maps, train-generator): the defaults belong to each recipe's config

@@ -14,11 +14,15 @@ import json
 import logging
 import sys
 
+from cluster.resources import ResourceConfig
+from engine.config import RefreshConfig, ScorerConfig
 from jobs import args as opts
 from jobs.args import add, add_generator_args, conditioning_config, generator_config, job_parser
 from jobs.config import parse, write_resolved_config
 
-# The engine (Ray, diffusers, pyarrow) is imported only once the arguments are parsed, so --help is instant.
+# The engine (Ray, diffusers, pyarrow) is imported only once the arguments are parsed, so --help is instant;
+# the defaults come from its light config module.
+_R = RefreshConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,8 +33,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s = p.add_argument_group("scoring and the feedback loop")
     for option in (opts.RFNET, opts.THRESHOLD, opts.DEPTH, opts.SALIENCY):
         option.add(s)
-    add(s, "--max-attempts", type=int, default=5, help="attempt budget per SKU")
-    add(s, "--rotate-after", type=int, default=2, help="next prompt template after this many failures (0 = never)")
+    add(s, "--max-attempts", type=int, default=_R.max_attempts, help="attempt budget per SKU")
+    add(
+        s,
+        "--rotate-after",
+        type=int,
+        default=_R.rotate_after,
+        help="next prompt template after this many failures (0 = never)",
+    )
     r = p.add_argument_group("resources (default: derived from the cluster)")
     opts.RAY_ADDRESS.add(r)
     add(r, "--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
@@ -41,12 +51,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(r, "--cpus-per-generator", type=float, help="CPUs per generation actor")
     add(r, "--cpus-per-scorer", type=float, help="CPUs per scoring actor")
     opts.GEN_BATCH_SIZE.add(r)
-    add(r, "--score-batch-size", type=int, default=16, help="candidates per scorer call")
+    add(
+        r,
+        "--score-batch-size",
+        type=int,
+        default=ResourceConfig.score_batch_size,
+        help="candidates per scorer call",
+    )
     add(
         r,
         "--round-retries",
         type=int,
-        default=3,
+        default=_R.round_retries,
         help="rerun a round that fails for a cluster reason (lost node, actor or object) over its SKUs not "
         "committed yet, up to this many times (0 = fail the job)",
     )
@@ -55,11 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    """The job's ``engine.pipeline.RefreshConfig`` from its parsed arguments."""
-    from cluster.resources import ResourceConfig
-    from engine.pipeline import RefreshConfig
-    from engine.score import ScorerConfig
-
+    """The job's ``engine.config.RefreshConfig`` from its parsed arguments."""
     gen = generator_config(args)
     return RefreshConfig(
         input=args.input,

@@ -12,7 +12,7 @@ import ray
 
 from cluster.resources import ResourceConfig, ResourceError, plan_pools
 from engine.commit import RoundLedger
-from engine.config import ConditioningConfig, GeneratorConfig
+from engine.config import ConditioningConfig, GeneratorConfig, ScorerConfig
 from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, complete_parts, part_name, write_parquet_atomic
 from engine.pipeline import candidates_per_sku, invalid_id_reason, is_system_failure
 from engine.prepare import CONDITION_COLUMNS, PromptPolicy, condition_row
@@ -25,7 +25,7 @@ from engine.refresh_stages import (
     pending_schema,
 )
 from engine.samples import SAMPLES_DIR
-from engine.score import ScorerConfig, ScoreStage
+from engine.score import ScoreStage
 from engine.seeds import attempt_seed
 
 

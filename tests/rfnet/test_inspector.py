@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.score import ScorerConfig, ScoreStage
+from engine.config import ScorerConfig
+from engine.score import ScoreStage
 from rfnet.config import LABELS
 from rfnet.inspector import Inspector, caption_size_class
 from rfnet.synth import iter_samples, make_product, render

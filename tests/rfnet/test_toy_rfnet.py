@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from engine.score import ScorerConfig
+from engine.config import ScorerConfig
 from rfnet import Scorer
 from rfnet.checkpoint import read_meta, resolve
 from rfnet.config import TRAINED_RFNETS
