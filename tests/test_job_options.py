@@ -5,6 +5,8 @@
   and no spelling means two things;
 - a flag that several jobs share is one of the module-level declarations in ``jobs.args``, so its default
   appears once;
+- an option that sets a field of the job's config defaults to that field's default (or to none, and the job
+  then takes the field's), so the command line and the library agree;
 - the spellings that used to drift (``--out``/``--output``, ``--guidance``/``--guidance-scale``,
   ``--address``/``--ray-address``) are one option, and the generator's defaults (canvas, steps) resolve the
   same in every job.
@@ -144,3 +146,53 @@ def test_old_spellings_still_parse():
     assert (old.max_steps, old.steps) == (7, 3)
     new = train_rfft.parse_args(["--train-products", "p", "--output", "o", "--max-steps", "7", "--steps", "3"])
     assert (new.max_steps, new.steps) == (7, 3)
+
+
+# The configs each job builds, and the option names that differ from their field names.
+CONFIGS = {
+    "refresh": ("engine.config:RefreshConfig", "engine.config:ScorerConfig", "cluster.resources:ResourceConfig"),
+    "generate": ("engine.config:GeneratorConfig",),
+    "eval-generator": ("engine.config:GeneratorConfig", "engine.config:ScorerConfig"),
+    "train-rfft": ("rfft.config:RFFTConfig",),
+    "train-rfnet": ("rfnet.train_config:TrainConfig",),
+    "train-maps": ("rfnet.maps_config:MapsTrainConfig",),
+    "train-generator": ("toy.config:GeneratorTrainConfig",),
+    "report": ("engine.report_config:ReportConfig",),
+    "review": ("engine.review_config:ReviewConfig", "engine.review_export:ExportConfig"),
+    "serve": ("engine.serve:ServeArgs",),
+}
+FIELD_OF = {"workers": "num_workers", "gpu": "use_gpu", "cpus_per_replica": "num_cpus", "gpus_per_replica": "num_gpus"}
+
+
+def _field_defaults(spec: str) -> dict:
+    import dataclasses
+    import importlib
+
+    from cluster.configs import field_default
+
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    if dataclasses.is_dataclass(cls):
+        return {f.name: field_default(cls, f.name) for f in dataclasses.fields(cls)}
+    return {name: f.get_default(call_default_factory=True) for name, f in cls.model_fields.items()}  # pydantic
+
+
+def test_a_jobs_defaults_are_its_configs_defaults(declared):
+    """Where an option sets a config field, its default is the field's (or none: the job then takes the
+    field's), so the command line and the library never disagree about what a run does by default."""
+    assert set(CONFIGS) | {"synth"} == set(COMMANDS)  # synth calls functions, whose defaults are its own
+    differ = []
+    for job, specs in CONFIGS.items():
+        defaults: dict = {}
+        for spec in specs:
+            defaults |= _field_defaults(spec)
+        for action in declared[job].values():
+            field = FIELD_OF.get(action.dest, action.dest)
+            if action.default is None or field not in defaults or isinstance(defaults[field], (dict, list)):
+                continue
+            default = (
+                ",".join(defaults[field]) if isinstance(defaults[field], tuple) else defaults[field]
+            )  # comma list
+            if action.default != default:
+                differ.append(f"{job} {action.dest}={action.default!r}, config {field}={defaults[field]!r}")
+    assert not differ, "option defaults that differ from their config's:\n" + "\n".join(differ)
