@@ -49,10 +49,10 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def _export(argv: list[str]) -> int:
+    args = parse(_export_parser(), argv)
     from engine.review import ReviewError, ReviewSession
     from engine.review_export import ExportConfig, export
 
-    args = parse(_export_parser(), argv)
     try:
         session = ReviewSession(args.output)
         result = export(session, ExportConfig(to=args.to, depth=args.depth, saliency=args.saliency))

@@ -19,6 +19,8 @@ import pytest
 from jobs.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every job, then the subcommands, which a job may parse on a path of its own (review export).
+INVOCATIONS = [*COMMANDS, "synth rf1m", "synth scenes", "review export"]
 HEAVY = (
     "torch",
     "diffusers",
@@ -74,7 +76,7 @@ for job in sys.argv[2:]:
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            cli.main([job, "--help"])
+            cli.main([*job.split(), "--help"])
         except SystemExit:
             pass
     seconds = time.perf_counter() - start
@@ -88,7 +90,7 @@ print(json.dumps(report))
 def probe() -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, ",".join(HEAVY), *COMMANDS],
+        [sys.executable, "-c", _PROBE, ",".join(HEAVY), *INVOCATIONS],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -102,13 +104,13 @@ def probe() -> dict:
     return report
 
 
-@pytest.mark.parametrize("job", list(COMMANDS))
+@pytest.mark.parametrize("job", INVOCATIONS)
 def test_help_imports_no_heavy_library(probe, job):
     # Cumulative over the jobs probed before this one, so the first job to load a library is the one named.
     assert probe[job]["heavy"] == [], f"adloop {job} --help imports {probe[job]['heavy']}"
 
 
-@pytest.mark.parametrize("job", list(COMMANDS))
+@pytest.mark.parametrize("job", INVOCATIONS)
 def test_every_option_is_explained_with_its_default(probe, job):
     options = probe[job]["options"]
     assert options, job
