@@ -153,11 +153,14 @@ def _owners(line: _Line) -> dict[str, list[tuple[argparse.ArgumentParser, argpar
 
 def _owners_of(line: _Line, name: str, unknown: str) -> list[tuple[argparse.ArgumentParser, argparse.Action]]:
     names = _owners(line)
-    owners = names.get(name.replace("-", "_"))
-    if not owners:
-        known = sorted({a.dest for pairs in names.values() for _, a in pairs})
-        line.parser.error(f"{unknown}; known: {known}")
-    return owners
+    if name.replace("-", "_") not in names:
+        _refuse(line, names, unknown)
+    return names[name.replace("-", "_")]
+
+
+def _refuse(line: _Line, names: dict, unknown: str) -> None:
+    """Exit naming what is unknown and listing the options there are (by their destination names)."""
+    line.parser.error(f"{unknown}; known: {sorted({a.dest for pairs in names.values() for _, a in pairs})}")
 
 
 def _read_file(line: _Line, path: str) -> dict[str, Any]:
@@ -183,8 +186,7 @@ def _read_file(line: _Line, path: str) -> dict[str, Any]:
     names = _owners(line)
     unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in names)
     if unknown:
-        known = sorted({a.dest for pairs in names.values() for _, a in pairs})
-        line.parser.error(f"{source}: unknown options {unknown}; known: {known}")
+        _refuse(line, names, f"{source}: unknown options {unknown}")
     values = {}
     for key, value in data.items():
         action = names[str(key).replace("-", "_")][0][1]

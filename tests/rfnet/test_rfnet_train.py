@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import rfnet
 from rfnet.synth import generate_rf1m
@@ -97,6 +98,32 @@ def test_ddp_two_workers_job_checkpoints_and_resumes(own_ray, data, tmp_path, ca
     assert second["history"][0] == first["history"][0]  # carried over from the checkpoint, not retrained
     assert second["history"][1]["lr"] == pytest.approx(1e-4)  # the /10 drop at epochs // 2
     _check_outputs(out, second)
+
+
+def test_init_from_starts_from_the_checkpoint_and_calibrates_its_own_threshold(ray_local, data, tmp_path):
+    """``--init-from``: the checkpoint's architecture (``--preset``/``--image-size`` ignored) and weights, then
+    this run's own threshold. With lr 0, AdamW moves nothing, so the result is the start's weights exactly."""
+    from safetensors.torch import load_file
+
+    import jobs.train_rfnet
+    from rfnet.checkpoint import WEIGHTS_NAME, build, read_meta, save
+    from rfnet.config import preset
+
+    start = str(tmp_path / "start")
+    save(build(preset("tiny").replace(image_size=48), seed=7)[0], start, threshold=0.77)
+    out = str(tmp_path / "tuned")
+    argv = ["--data", data, "--out", out, "--init-from", start, "--preset", "tiny", "--image-size", "32",
+            "--lr", "0", "--epochs", "1", "--batch-size", "4", "--workers", "1", "--max-steps-per-epoch", "2"]  # fmt: skip
+    assert jobs.train_rfnet.main(argv) == 0
+    tuned = os.path.join(out, "rfnet")
+    assert read_meta(tuned)["rfnet"]["image_size"] == 48
+    before, after = load_file(os.path.join(start, WEIGHTS_NAME)), load_file(os.path.join(tuned, WEIGHTS_NAME))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    fresh = build(preset("tiny").replace(image_size=48), seed=0)[0].state_dict()  # what a random start would be
+    assert any(not torch.equal(fresh[k], before[k]) for k in before)
+    last = json.load(open(os.path.join(out, "metrics.json")))["history"][-1]
+    assert rfnet.Scorer(tuned, device="cpu").threshold == pytest.approx(last["threshold"])
+    assert last["threshold"] != 0.77  # calibrated on this run's validation split, not the start's
 
 
 def test_deepspeed_zero2_two_workers(own_ray, data, tmp_path):
