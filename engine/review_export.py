@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from cluster.storage import read_bytes, write_bytes_atomic
+from engine.config import ScorerConfig
 from engine.paths import safe_name
 from engine.review import ReviewError, ReviewSession
 
@@ -39,9 +40,9 @@ class ExportConfig:
 
     to: str
     """Destination folder (created; files of an earlier export there are replaced)."""
-    depth: str = "tiny"
+    depth: str = ScorerConfig.depth
     """Depth model (folder or 'tiny'): the one the refresh's scorer used."""
-    saliency: str = "tiny"
+    saliency: str = ScorerConfig.saliency
     """Saliency model (folder or 'tiny'): the one the refresh's scorer used."""
     map_size: int = 256
     """Longest side of the stored maps, in px (RFNet resizes every input anyway)."""

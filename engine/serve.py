@@ -45,6 +45,7 @@ from ray import serve
 from ray.serve import Application
 
 from engine.conditioning import ConditioningConfig, ProductImageError, decode_image, decode_product
+from engine.config import ScorerConfig
 from rfnet import LABELS, Scorer
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ class ScorerSettings(BaseModel):
     """RFNet checkpoint folder, or the ``tiny`` / ``paper`` random-weight presets."""
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
-    depth: str = "tiny"
+    depth: str = ScorerConfig.depth
     """Depth model: ``tiny`` / ``paper`` / a transformers depth-estimation folder."""
-    saliency: str = "tiny"
+    saliency: str = ScorerConfig.saliency
     """Saliency model: ``tiny`` / ``paper`` / ``toy`` / U^2-Net's ``u2net.pth`` or ``u2netp.pth`` / a saliency folder."""
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     """Most requests merged into one model call, per replica."""

@@ -20,7 +20,7 @@ from jobs.config import parse, write_resolved_config
 from jobs.train_rfnet import _parser as train_rfnet_parser
 
 # The arguments that bring each job to its parser (a subcommand where it has them).
-LEADING = {"synth": ["rf1m"], "review": [], "report": ["out"]}
+LEADING = {"synth": ["rf1m"], "review": [], "report": ["out"], "review export": ["out", "--to", "d"]}
 
 
 def _synth_args(argv: list[str]) -> argparse.Namespace:
@@ -66,9 +66,9 @@ def test_the_file_then_the_overrides_then_the_flags(tmp_path):
     assert (args.input, args.guidance_scale, args.max_attempts, args.seed) == ("skus.jsonl", 5.0, 4, 3)
 
 
-@pytest.mark.parametrize("job", list(COMMANDS))
+@pytest.mark.parametrize("job", [*COMMANDS, "review export"])  # review export has a parser of its own
 def test_every_job_refuses_an_unknown_name_naming_it(capsys, job):
-    err = _error(capsys, main, [job, *LEADING.get(job, []), "no_such_option=1"])
+    err = _error(capsys, main, [*job.split(), *LEADING.get(job, []), "no_such_option=1"])
     assert "unknown option 'no_such_option'; known: [" in err
 
 
