@@ -4,12 +4,14 @@ Instant: a job's parser imports no heavy library (torch, diffusers, transformers
 the job imports them once its arguments are parsed. That is checked on the modules loaded, which does not
 depend on how busy the machine is; the wall time is printed for the record. Quiet: nothing on stderr (no
 library warnings). Complete: every option has a help text, and every option with a default shows it.
+Readable: the text is plain, with none of the docstrings' reStructuredText markup left raw.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ HEAVY = (
 )
 
 # Runs every job's --help in one fresh interpreter and reports, per job, the heavy modules loaded so far,
-# the seconds it took and each option of each parser it built (subcommands included).
+# the seconds it took, each option of each parser it built (subcommands included) and the text it printed.
 _PROBE = r"""
 import argparse, contextlib, io, json, sys, time
 from jobs import cli
@@ -74,14 +76,15 @@ report = {}
 for job in sys.argv[2:]:
     parsers.clear()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()) as text:
         try:
             cli.main([*job.split(), "--help"])
         except SystemExit:
             pass
     seconds = time.perf_counter() - start
     heavy = sorted(m for m in heavy_names if m in sys.modules)
-    report[job] = {"seconds": seconds, "heavy": heavy, "options": [o for p in parsers for o in options(p)]}
+    report[job] = {"seconds": seconds, "heavy": heavy, "options": [o for p in parsers for o in options(p)],
+                   "text": text.getvalue()}
 print(json.dumps(report))
 """
 
@@ -119,3 +122,15 @@ def test_every_option_is_explained_with_its_default(probe, job):
     assert not missing, f"adloop {job}: options without help: {missing}"
     no_default = [o["option"] for o in options if o["has_default"] and not o["flag"] and "default" not in o["help"]]
     assert not no_default, f"adloop {job}: defaults not shown: {no_default}"
+
+
+# What the job docstrings' reStructuredText looks like raw: literals, roles (:func:`x`), directives (.. note::).
+RST = re.compile(r"``|:[a-z]+:`|^\s*\.\. [a-z-]+::", re.M)
+
+
+@pytest.mark.parametrize("job", INVOCATIONS)
+def test_help_shows_no_raw_markup(probe, job):
+    text = probe[job]["text"]
+    assert f"usage: adloop {job}" in text, text[:200]
+    raw = RST.findall(text)
+    assert not raw, f"adloop {job} --help shows raw markup {raw}:\n{text}"
