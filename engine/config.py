@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from cluster.resources import ResourceConfig
+from rfnet.config import DEFAULT_PRESET
 
 SCHEDULERS = ("ddim", "euler_a", "dpmpp_sde_karras")
 
@@ -126,14 +127,14 @@ FIXED_RATE_PREFIX = "fixed-rate:"
 class ScorerConfig:
     """Which judge scores the candidates (``engine.score.ScoreStage``) and its auxiliary models."""
 
-    rfnet: str = "tiny"
+    rfnet: str = DEFAULT_PRESET
     """``tiny`` | ``toy`` (shipped, trained) | an RFNet checkpoint folder | ``inspector`` | ``fixed-rate:P``
     (benchmarks only, see ``engine.score``)."""
     threshold: float | None = None
     """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""
-    depth: str = "tiny"
+    depth: str = DEFAULT_PRESET
     """Depth model: ``tiny``, ``toy`` (trained on synthetic scenes) or a transformers depth-estimation folder."""
-    saliency: str = "tiny"
+    saliency: str = DEFAULT_PRESET
     """Saliency model: ``tiny``, ``paper`` (U^2-Net, random), ``toy`` (trained on synthetic scenes), U^2-Net's
     ``u2net.pth`` / ``u2netp.pth`` or a saliency checkpoint folder."""
     device: str = "auto"

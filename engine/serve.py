@@ -47,6 +47,7 @@ from ray.serve import Application
 from engine.conditioning import ConditioningConfig, ProductImageError, decode_image, decode_product
 from engine.config import ScorerConfig
 from rfnet import LABELS, Scorer
+from rfnet.config import DEFAULT_PRESET
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ScorerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str = "tiny"
+    checkpoint: str = DEFAULT_PRESET
     """RFNet checkpoint folder, or the ``tiny`` / ``paper`` random-weight presets."""
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """Accept when P(Available) >= threshold; ``None`` takes the checkpoint's."""

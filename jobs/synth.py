@@ -17,6 +17,7 @@ import sys
 from jobs import args as opts
 from jobs.args import HelpFormatter, add, job_parser
 from jobs.config import parse, write_resolved_config
+from rfnet.config import TOY_PRESET
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     for option in (opts.BASE_MODEL, opts.CONTROLNET, opts.STEPS, opts.GUIDANCE_SCALE, opts.DEPTH, opts.SALIENCY):
         option.add(g)
     add(g, "--canvas", type=int, help="generation canvas side in px (default: the model's, 128 for toy)")
-    p.set_defaults(base_model="toy", depth="toy", saliency="toy")  # the trained toy world
+    p.set_defaults(base_model=TOY_PRESET, depth=TOY_PRESET, saliency=TOY_PRESET)  # the trained toy world
     s = sub.add_parser(
         "scenes",
         help="training scenes of the toy generator: Parquet shards + scenes.json",
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.toy_maps:
         from toy.rf1m import write_maps
 
-        write_maps(args.output, "toy", "toy")
+        write_maps(args.output, TOY_PRESET, TOY_PRESET)
     print(json.dumps({"out": args.output, "counts": counts}))
     return 0
 

@@ -25,7 +25,7 @@ from cluster.configs import field_default
 from jobs import args as opts
 from jobs.args import add, job_parser
 from jobs.config import parse, write_resolved_config
-from rfnet.config import MODALITIES, PRESET_NAMES, preset
+from rfnet.config import DEFAULT_PRESET, MODALITIES, PRESET_NAMES, preset
 from rfnet.train_config import MAPS, TrainConfig
 
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     opts.OUTPUT.add(p, required=True)
     opts.RUN_NAME.add(p, recipe_default=field_default(TrainConfig, "name"))
-    add(p, "--preset", default="tiny", choices=PRESET_NAMES, help="RFNet architecture preset")
+    add(p, "--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES, help="RFNet architecture preset")
     opts.IMAGE_SIZE.add(
         p, recipe_default="the preset's; with --image-encoder, the size in its preprocessor_config.json"
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from cluster.configs import from_dict
 from engine.config import GeneratorConfig
+from rfnet.config import DEFAULT_PRESET
 
 # Declared here rather than in rfft.losses, so the job's parser can name them without importing torch.
 REGULARISERS = ("cc", "kl", "none")
@@ -20,7 +21,7 @@ class RFFTConfig:
     """A reward fine-tuning run of the ControlNet (docs/paper.md §5; defaults from §5.4 where known)."""
 
     # --- generator (what is sampled and fine-tuned) ---
-    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig.for_model("tiny"))
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig.for_model(GeneratorConfig.base_model))
     """The pipeline, exactly as the engine builds it. ``generator.controlnet`` is the starting ControlNet
     (``None``: the preset's own); ``steps`` and ``guidance_scale`` are those of the training rollouts."""
     grad_window: int = 10
@@ -29,13 +30,13 @@ class RFFTConfig:
     # --- objective ---
     reward: str = "rfnet"
     """``rfnet`` (log P(Available) from ``rfnet_checkpoint``) | ``brightness`` (toy, for smoke tests)."""
-    rfnet_checkpoint: str = "tiny"
+    rfnet_checkpoint: str = DEFAULT_PRESET
     """RFNet checkpoint folder (or ``tiny`` preset) used as the frozen reward and the evaluation judge."""
     threshold: float | None = None
     """The judge's P(Available) threshold for the available rate (``None``: the checkpoint's)."""
-    depth: str = "tiny"
+    depth: str = DEFAULT_PRESET
     """Depth model for RFNet's depth input (``tiny`` | ``paper`` | a local folder)."""
-    saliency: str = "tiny"
+    saliency: str = DEFAULT_PRESET
     """Saliency model for RFNet's saliency input."""
     regulariser: str = "cc"
     """``cc`` (Consistent Condition) | ``kl`` (distance to the reference eps) | ``none`` (plain ReFL)."""

@@ -36,6 +36,7 @@ from engine.config import ConditioningConfig, GeneratorConfig
 from engine.prepare import PromptPolicy, condition_row, read_image_bytes, stack_rows
 from engine.sources import iter_records
 from rfft import sampling
+from rfnet.config import DEFAULT_PRESET
 
 
 @dataclass
@@ -108,8 +109,8 @@ def diversity(images: np.ndarray, background: np.ndarray) -> tuple[float, float]
     return (float(np.mean(dists)) if dists else 0.0), (float(np.mean(stds)) if stds else 0.0)
 
 
-def judges(rfnet: str, device: str = "cpu", threshold: float | None = None, depth: str = "tiny",
-           saliency: str = "tiny"):  # fmt: skip
+def judges(rfnet: str, device: str = "cpu", threshold: float | None = None, depth: str = DEFAULT_PRESET,
+           saliency: str = DEFAULT_PRESET):  # fmt: skip
     """The judge named ``rfnet`` and the inspector beside it: ``(Inspector(), None)`` when the inspector is
     the judge itself, else ``(rfnet.Scorer(...), Inspector())``."""
     from rfnet import Scorer

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from rfft.losses import available_log_prob
+from rfnet.config import DEFAULT_PRESET
 
 RewardFn = Callable[[torch.Tensor, dict], torch.Tensor]
 
@@ -36,7 +37,9 @@ class RFNetReward:
     §8, Q7).
     """
 
-    def __init__(self, checkpoint: str, device: torch.device | str, depth: str = "tiny", saliency: str = "tiny"):
+    def __init__(
+        self, checkpoint: str, device: torch.device | str, depth: str = DEFAULT_PRESET, saliency: str = DEFAULT_PRESET
+    ):
         from rfnet import Scorer
 
         self.scorer = Scorer(checkpoint=checkpoint, device=str(device), depth=depth, saliency=saliency)
@@ -52,7 +55,9 @@ class RFNetReward:
         return self.scorer.model.parameters()
 
 
-def rfnet_factory(checkpoint: str, depth: str = "tiny", saliency: str = "tiny") -> Callable[[torch.device], RewardFn]:
+def rfnet_factory(
+    checkpoint: str, depth: str = DEFAULT_PRESET, saliency: str = DEFAULT_PRESET
+) -> Callable[[torch.device], RewardFn]:
     """A picklable factory: ``rfnet_factory(ckpt)(device)`` builds an :class:`RFNetReward` on ``device``."""
 
     def make(device: torch.device) -> RewardFn:

@@ -146,6 +146,14 @@ class RFNetConfig:
 PRESET_NAMES = ("tiny", "paper")
 """The architecture presets of RFNet (``preset``, random weights) and (``tiny``) of its tokenizer."""
 
+DEFAULT_PRESET = "tiny"
+"""The model every config, job option and loader defaults to where no RFNet, depth or saliency model is
+named: the small random-weight preset (in ``PRESET_NAMES`` and ``MAP_PRESET_NAMES``). Declared once, here."""
+
+TOY_PRESET = "toy"
+"""The models trained on the synthetic world and shipped (RFNet, depth, saliency; the generator's shipped
+preset has the same name): what the toy world's jobs and functions default to."""
+
 MAP_PRESET_NAMES = ("tiny", "paper", "toy")
 """The presets of the depth and saliency models (``rfnet.depth.load_depth``, ``rfnet.saliency.load_saliency``):
 ``tiny`` and ``paper`` are random weights, ``toy`` the weights trained on synthetic scenes by

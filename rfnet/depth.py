@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModelForDepthEstimation, DPTConfig, DPTForDepthEstimation
 from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
 
-from rfnet.config import TOY_ASSETS
+from rfnet.config import DEFAULT_PRESET, TOY_ASSETS
 from rfnet.preprocess import resize
 from rfnet.weights import load_pretrained
 
@@ -172,7 +172,7 @@ def load_depth_model(path: str) -> nn.Module:
     )
 
 
-def load_depth(name: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+def load_depth(name: str = DEFAULT_PRESET, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """Build or load the depth model.
 
     Args:

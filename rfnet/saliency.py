@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cluster.configs import from_dict
-from rfnet.config import TOY_ASSETS
+from rfnet.config import DEFAULT_PRESET, TOY_ASSETS
 from rfnet.preprocess import IMAGE_MEAN, IMAGE_STD, resize
 from rfnet.u2net import INPUT_SIZE as U2NET_INPUT_SIZE
 from rfnet.u2net import U2Net
@@ -225,7 +225,7 @@ def _load_style(folder: str) -> U2NetStyle:
     return model
 
 
-def load_saliency(name: str = "tiny", device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+def load_saliency(name: str = DEFAULT_PRESET, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """Build or load the saliency model.
 
     Args:

@@ -14,7 +14,7 @@ import torch
 
 from cluster.devices import resolve_device
 from rfnet.checkpoint import load, model_id, threshold_of
-from rfnet.config import LABELS
+from rfnet.config import DEFAULT_PRESET, LABELS
 from rfnet.depth import load_depth
 from rfnet.preprocess import to_tensor
 from rfnet.saliency import load_saliency
@@ -50,11 +50,11 @@ class Scorer:
 
     def __init__(
         self,
-        checkpoint: str = "tiny",
+        checkpoint: str = DEFAULT_PRESET,
         device: str = "auto",
         threshold: float | None = None,
-        depth: str = "tiny",
-        saliency: str = "tiny",
+        depth: str = DEFAULT_PRESET,
+        saliency: str = DEFAULT_PRESET,
     ) -> None:
         self.device = resolve_device(device)
         self.model, self.preprocess = load(checkpoint, self.device)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.configs import from_dict
-from rfnet.config import RFNetConfig, preset
+from rfnet.config import DEFAULT_PRESET, RFNetConfig, preset
 
 STRATEGIES = ("ddp", "deepspeed")
 MAPS = ("dataset", "compute")
@@ -25,7 +25,7 @@ class TrainConfig:
     """RF1M-layout folder or ``.parquet``/``.jsonl`` manifest (see ``rfnet.data``), or a list of them, merged."""
     output: str
     """Output folder: ``ray/`` (Ray Train run and checkpoints), ``rfnet/`` (final model), ``metrics.json``."""
-    model: RFNetConfig = field(default_factory=lambda: preset("tiny"))
+    model: RFNetConfig = field(default_factory=lambda: preset(DEFAULT_PRESET))
     """Architecture; ``model.modalities`` selects the inputs (Table 2 ablations)."""
     name: str = "rfnet"
     """Ray Train run name; the same ``output`` + ``name`` resumes from the last checkpoint."""
@@ -73,10 +73,10 @@ class TrainConfig:
     """The saved threshold is the lowest with this val precision on Available; ``None`` keeps 0.5."""
     maps: str = "dataset"
     """``"dataset"`` uses the depth/saliency maps stored with the data; ``"compute"`` recomputes them."""
-    depth: str = "tiny"
+    depth: str = DEFAULT_PRESET
     """Depth model for ``maps="compute"`` (and the one the scorer should use with this checkpoint): a name
     from ``MAP_PRESET_NAMES`` (``toy`` is trained) or a folder."""
-    saliency: str = "tiny"
+    saliency: str = DEFAULT_PRESET
     """Saliency model for ``maps="compute"``: a name from ``MAP_PRESET_NAMES`` or a folder."""
     max_steps_per_epoch: int | None = None
     """Cap on steps per epoch (smoke tests, throughput runs); ``None`` = the whole split."""

@@ -34,6 +34,8 @@ from collections import Counter
 import cv2
 import numpy as np
 
+from rfnet.config import TOY_PRESET
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ def maps_for(images: np.ndarray, depth_model, saliency_model) -> tuple[np.ndarra
     return tuple(np.clip(np.rint(m * 255), 0, 255).astype(np.uint8) for m in (depth, saliency))
 
 
-def write_maps(folder: str, depth: str = "toy", saliency: str = "toy", batch_size: int = 32) -> int:
+def write_maps(folder: str, depth: str = TOY_PRESET, saliency: str = TOY_PRESET, batch_size: int = 32) -> int:
     """Replace the depth and saliency maps of the RF1M set in ``folder`` with the given models' maps of its
     generated images (so that a rendered set's maps come from the same models as a generated set's)."""
     from rfnet.depth import load_depth
@@ -92,8 +94,8 @@ def write_generated_rf1m(
     gen,
     images_per_product: int = 4,
     seed: int = 0,
-    depth: str = "toy",
-    saliency: str = "toy",
+    depth: str = TOY_PRESET,
+    saliency: str = TOY_PRESET,
     batch_size: int = 8,
 ) -> dict:
     """Generate with ``gen`` (an ``engine.config.GeneratorConfig``), judge and write the set (see the module
