@@ -200,3 +200,58 @@ def test_a_jobs_defaults_are_its_configs_defaults(declared):
             if action.default != default:
                 differ.append(f"{job} {action.dest}={action.default!r}, config {field}={defaults[field]!r}")
     assert not differ, "option defaults that differ from their config's:\n" + "\n".join(differ)
+
+
+# The preset names a config or a function may default to.
+PRESETS = {"tiny", "paper", "toy", "sd15"}
+# Where each default model is declared: the generator's preset, the tokenizer's, and every other model's
+# (RFNet, depth, saliency: rfnet.config.DEFAULT_PRESET, and TOY_PRESET in the toy world; module constants).
+PRESET_DEFAULTS = {"engine/config.py GeneratorConfig.base_model", "rfnet/config.py RFNetConfig.tokenizer"}
+
+
+def _preset_defaults(path) -> list[str]:
+    """Each default in ``path`` written as a preset name: a parameter's, a class field's, a ``default=``
+    keyword's, an argument in a ``default_factory`` lambda, or a parser's ``set_defaults``."""
+    import ast
+
+    def preset(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in PRESETS
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            positional = a.posonlyargs + a.args
+            defaulted = positional[len(positional) - len(a.defaults) :]
+            pairs = [*zip(defaulted, a.defaults, strict=True), *zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+            found += [f"{getattr(node, 'name', 'lambda')}({arg.arg})" for arg, d in pairs if preset(d)]
+        elif isinstance(node, ast.ClassDef):
+            found += [
+                f"{node.name}.{s.target.id}"
+                for s in node.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and preset(s.value)
+            ]
+        elif isinstance(node, ast.keyword) and node.arg == "default" and preset(node.value):
+            found.append(f"default={node.value.value!r} (line {node.value.lineno})")
+        elif isinstance(node, ast.keyword) and node.arg == "default_factory" and isinstance(node.value, ast.Lambda):
+            found += [f"default_factory {c.value!r}" for c in ast.walk(node.value.body) if preset(c)]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "set_defaults":
+            found += [f"set_defaults({k.arg}={k.value.value!r})" for k in node.keywords if preset(k.value)]
+    return found
+
+
+def test_each_default_model_is_declared_once():
+    """``depth="tiny"`` used to be written in about ten places; now every config, option and loader that
+    defaults to a model reads it from its one declaration."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = {
+        f"{path.relative_to(root)} {where}"
+        for package in ("cluster", "rfnet", "engine", "toy", "rfft", "jobs")
+        for path in sorted((root / package).rglob("*.py"))
+        for where in _preset_defaults(path)
+    }
+    assert found == PRESET_DEFAULTS, (
+        f"preset names written as defaults outside their declaration: {found - PRESET_DEFAULTS}"
+    )
