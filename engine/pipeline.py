@@ -39,7 +39,7 @@ import ray
 from tqdm import tqdm
 
 from cluster.resources import plan_pools
-from cluster.storage import filesystem, join
+from cluster.storage import absolute, filesystem, join
 from engine.commit import RoundLedger, iter_stats
 from engine.config import GeneratorConfig, RefreshConfig, ScorerConfig
 from engine.models import checked_paths, describe
@@ -130,7 +130,9 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     start = time.time()
     # A wrong model path would otherwise surface as every pool actor dying at start-up, which looks like
     # a cluster failure and would be retried.
-    cfg = dataclasses.replace(cfg, generator=checked_paths(cfg.generator), scorer=cfg.scorer.checked())
+    cfg = dataclasses.replace(
+        cfg, output=absolute(cfg.output), generator=checked_paths(cfg.generator), scorer=cfg.scorer.checked()
+    )
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     plan = plan_pools(cfg.resources, ray.cluster_resources(), nodes)
     templates = load_prompt_config(cfg.prompts)
