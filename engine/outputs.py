@@ -11,8 +11,8 @@
 
 Every file is written under a temporary name and renamed into place, so a reader (or a resumed run)
 sees a file whole or not at all. A results file is the commit point of its SKUs: a SKU is done exactly
-when a results file holding its row exists. Write tasks stage their part files under ``_state/`` and the
-driver moves each batch's files into ``candidates/`` and ``results/`` when the batch's stats reach it
+when a results file holding its row exists. Write tasks stage every file they make (PNGs too) under
+``_state/`` and the driver moves each batch's files into place when the batch's stats reach it
 (engine/commit.py), so a task that is retried, or one that outlives a failed round, never adds a
 second copy. Part files are named by a hash of their SKU ids and round.
 

@@ -9,7 +9,7 @@ decision for a SKU never needs a shuffle:
     GenerateCandidates   (actor pool) the diffusion pipeline on every candidate, product pasted back
     ScoreStage           (actor pool) engine/score.py
     DecideAndWrite       (CPU task)   first accepted attempt wins; else keep the best and go again,
-                                      or finish as needs_review after max_attempts; write files
+                                      or finish as needs_review after max_attempts; stage files
 
 Rows whose input is bad carry ``error`` and flow through untouched until DecideAndWrite writes their
 ``failed`` row.
@@ -27,6 +27,7 @@ from PIL import Image
 
 from cluster.storage import join, read_bytes, write_bytes_atomic
 from engine.columns import encode_lists
+from engine.commit import staged_files
 from engine.conditioning import ProductImageError
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.generate import GenerateStage
@@ -169,7 +170,11 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 class DecideAndWrite:
-    """Decide each SKU of the batch and write its files. Returns one small stats row per SKU."""
+    """Decide each SKU of the batch and stage its files. Returns one small stats row per SKU.
+
+    Every file goes to the round attempt's staging folder, PNGs included: a task of a failed round that
+    finishes late must not overwrite the image of a SKU that another execution has committed.
+    """
 
     def __init__(self, ctx: WriteContext):
         self.ctx = ctx
@@ -179,6 +184,7 @@ class DecideAndWrite:
         b, m = batch["seed"].shape
         sku_ids = [str(s) for s in batch["sku_id"]]
         part = part_name(sku_ids, f"r{ctx.round:02d}")
+        files = staged_files(ctx.staging, part)
         results, candidates, pending = [], [], []
         outcome = np.full(b, "pending", dtype=object)
         final_attempts = np.zeros(b, np.int32)
@@ -196,12 +202,12 @@ class DecideAndWrite:
             prompts, negatives = json.loads(batch["prompts_json"][i]), json.loads(batch["negatives_json"][i])
             defects = json.loads(batch["defects_json"][i])
             first_ok = None
-            best_data = None  # the best candidate's PNG when it is one of this batch's
+            best_data = None  # the best candidate's PNG when it is one of this batch's (not committed yet)
             for j in range(m):
                 attempt = int(batch["attempt"][i, j])
                 data = png_bytes(batch["generated"][i, j])
                 cand_path = candidate_image_rel(name, attempt)
-                write_bytes_atomic(join(ctx.out, cand_path), data)
+                write_bytes_atomic(join(files, cand_path), data)
                 p = float(batch["p_available"][i, j])
                 ok = bool(batch["accepted"][i, j])
                 candidates.append(
@@ -231,7 +237,7 @@ class DecideAndWrite:
             if first_ok is not None:
                 j, data = first_ok
                 image_path = image_rel(name)
-                write_bytes_atomic(join(ctx.out, image_path), data)
+                write_bytes_atomic(join(files, image_path), data)
                 attempt = int(batch["attempt"][i, j])
                 base.update(best_p=float(batch["p_available"][i, j]), best_seed=int(batch["seed"][i, j]))
                 base.update(best_prompt=prompts[j], best_defect="")
@@ -239,9 +245,10 @@ class DecideAndWrite:
                 outcome[i], final_attempts[i] = "accepted", attempt
             elif base["attempts_done"] + m >= ctx.max_attempts:
                 image_path = image_rel(name)
+                # A best candidate of an earlier round was committed with that round's batch.
                 if best_data is None:
                     best_data = read_bytes(join(ctx.out, base["best_image"]))
-                write_bytes_atomic(join(ctx.out, image_path), best_data)
+                write_bytes_atomic(join(files, image_path), best_data)
                 results.append(
                     self._result(base, scorer, "needs_review", attempts=ctx.max_attempts, image_path=image_path)
                 )

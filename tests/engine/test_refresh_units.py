@@ -196,3 +196,53 @@ def test_only_cluster_failures_make_a_round_rerun():
     )
     assert not is_system_failure(chained(ray.data.exceptions.UserCodeException(), ValueError("a bug")))
     assert not is_system_failure(KeyError("x"))
+
+
+def _decided_batches(tmp_path: Path) -> list[dict[str, np.ndarray]]:
+    """Four SKUs conditioned, generated and scored once (one attempt each, every one final after it),
+    split into two batches of two."""
+    size = 32
+    paths = sorted(SAMPLES_DIR.iterdir())[:4]
+    rows = [{**PENDING_DEFAULTS, "sku_id": p.stem, "image_uri": str(p)} for p in paths]
+    batch = {k: np.array([r[k] for r in rows]) for k in PENDING_DEFAULTS}
+    batch = ConditionCandidates(ConditioningConfig(size=size), PromptPolicy(run_seed=0), 1)(batch)
+    batch = GenerateCandidates(GeneratorConfig(size=size, steps=2), gen_batch_size=4)(batch)
+    batch = ScoreStage(ScorerConfig(rfnet="fixed-rate:0.5"))(batch)
+    return [{k: v[i : i + 2] for k, v in batch.items()} for i in (0, 2)]
+
+
+def _output_files(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and "_state" not in p.relative_to(out).parts
+    }
+
+
+def test_a_late_task_of_a_failed_round_changes_no_committed_file(tmp_path):
+    """Round 1 commits batch A, then fails; its rerun commits batch B. Tasks of the failed execution that
+    finish afterwards (A retried, B late), with other pixels, leave every committed file as it was."""
+    out, state = tmp_path / "out", tmp_path / "out" / "_state" / "run"
+    batch_a, batch_b = _decided_batches(tmp_path)
+
+    def ctx(attempt: int) -> WriteContext:
+        return WriteContext(out=str(out), run_id="t", round=1, max_attempts=1, models={"base_model": "tiny"},
+                            staging=str(state / f"r01-try{attempt}"))  # fmt: skip
+
+    ledger = RoundLedger(str(out), str(state / "pending-r01"))
+    assert ledger.commit(ctx(1).staging, DecideAndWrite(ctx(1))(batch_a)).all()
+    # The execution fails here; the rerun decides batch B in its own staging folder and commits it.
+    assert ledger.commit(ctx(2).staging, DecideAndWrite(ctx(2))(batch_b)).all()
+    ledger.close()
+    committed = _output_files(out)
+    results = pq.read_table(out / "results").to_pylist()
+    assert sorted(r["sku_id"] for r in results) == sorted([*batch_a["sku_id"], *batch_b["sku_id"]])
+    assert {f"images/{Path(r['image_path']).name}" for r in results} <= set(committed)
+    assert sum(name.startswith("candidate_images/") for name in committed) == 4
+    # Late tasks of the failed execution, whose pixels differ (other batch neighbours, other rounding).
+    for late in (batch_a, batch_b):
+        DecideAndWrite(ctx(1))({**late, "generated": 255 - late["generated"]})
+    assert _output_files(out) == committed
+    for r in results:  # each final image is still the one its row's decision chose
+        cand = out / "candidate_images" / f"{Path(r['image_path']).stem}-a01.png"
+        assert (out / r["image_path"]).read_bytes() == cand.read_bytes()
