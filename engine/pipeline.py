@@ -38,7 +38,7 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from cluster.resources import plan_pools
+from cluster.resources import PoolPlan, plan_pools
 from cluster.storage import absolute, filesystem, join
 from engine.commit import RoundLedger, iter_stats
 from engine.config import GeneratorConfig, RefreshConfig, ScorerConfig
@@ -81,6 +81,22 @@ def candidates_per_sku(
     return max(1, min(budget, needed, fill))
 
 
+def generator_threads(plan: PoolPlan, cluster_cpus: float) -> int | None:
+    """Torch threads of one CPU generation actor: the cores that actor was given (None on GPUs, where
+    Ray's setting stands).
+
+    An explicit ``cpus_per_generator`` of a core or more is the actor's own. The default CPU plan reserves
+    only a share of a core per generator, so that tasks fit beside it, and plans one generator per 8 CPUs:
+    there each generator's cores are the cluster's divided over the pool. Giving every generator the
+    whole cluster's count would run generators x cluster-CPUs threads on the cluster's cores.
+    """
+    if plan.gpus_per_generator > 0:
+        return None
+    if plan.cpus_per_generator >= 1:
+        return int(plan.cpus_per_generator)
+    return max(1, int(cluster_cpus // plan.generators))
+
+
 @dataclass
 class Tally:
     """This run's figures, from the stats rows of committed batches (each SKU's row counted once)."""
@@ -92,7 +108,10 @@ class Tally:
     """Candidates generated after the one that was accepted (the price of several per SKU per round)."""
     pending: int = 0
     """SKUs the current round sends to the next."""
-    fills: list[float] = field(default_factory=list)
+    fill_sum: float = 0.0
+    fill_rows: int = 0
+    """Generator batch fill summed over the rows that were generated, and their count: running sums, so
+    the driver's memory does not grow with the catalog."""
     round_reruns: int = 0
     """Rounds rerun after their execution failed for a cluster reason."""
 
@@ -113,8 +132,13 @@ class Tally:
             self.accepted += int(accepted_row.sum())
             if outcome == "accepted":
                 self.speculative += len(attempts_row) - int(np.argmax(accepted_row)) - 1
-        self.fills.extend(float(f) for f in stats["gen_fill"] if f > 0)
+        fills = stats["gen_fill"][stats["gen_fill"] > 0]
+        self.fill_sum += float(fills.sum())
+        self.fill_rows += len(fills)
         return finished
+
+    def mean_fill(self) -> float | None:
+        return self.fill_sum / self.fill_rows if self.fill_rows else None
 
 
 def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
@@ -156,7 +180,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     policy = PromptPolicy(
         templates=templates, run_seed=cfg.run_seed, rotate_after=cfg.rotate_after, mix_caption=cfg.mix_caption
     )
-    threads = None if plan.gpus_per_generator > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+    threads = generator_threads(plan, ray.cluster_resources().get("CPU", 1))
     tally = Tally()
     source, pending, attempts_done, rounds = join(state, "input"), staged["to_process"], 0, 0
     bar = tqdm(total=staged["to_process"], desc="refresh", unit="sku", disable=not cfg.progress, file=sys.stderr)
@@ -217,7 +241,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
             "speculative_candidates": tally.speculative,
             "round_reruns": tally.round_reruns,
             "images_per_second": tally.generated / wall if wall > 0 else 0.0,
-            "mean_generation_batch_fill": float(np.mean(tally.fills)) if tally.fills else None,
+            "mean_generation_batch_fill": tally.mean_fill(),
             **tally.counts,
         },
         "models": {**models, "rfnet": cfg.scorer.rfnet},

@@ -14,7 +14,7 @@ from cluster.resources import ResourceConfig, ResourceError, plan_pools
 from engine.commit import RoundLedger
 from engine.config import ConditioningConfig, GeneratorConfig, ScorerConfig
 from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, complete_parts, part_name, write_parquet_atomic
-from engine.pipeline import candidates_per_sku, invalid_id_reason, is_system_failure
+from engine.pipeline import Tally, candidates_per_sku, generator_threads, invalid_id_reason, is_system_failure
 from engine.prepare import CONDITION_COLUMNS, PromptPolicy, condition_row
 from engine.refresh_stages import (
     PENDING_DEFAULTS,
@@ -39,6 +39,35 @@ def test_candidates_per_sku():
     assert candidates_per_sku(8, 1, 5, capacity=16, accepted=50, generated=100, target=0.9) == 2  # fill
     assert candidates_per_sku(2, 1, 5, capacity=16, accepted=0, generated=100, target=0.9) == 4  # p = 0
     assert candidates_per_sku(2, 1, 5, capacity=16, accepted=100, generated=100, target=0.9) == 1  # p = 1
+
+
+def test_the_driver_tally_keeps_running_sums_only():
+    """Its size does not grow with the SKUs or rounds it counts: every field is a number (or the three counts)."""
+    tally = Tally()
+    for i in range(300):
+        stats = {
+            "outcome": np.array(["accepted", "pending", "failed"]),
+            "cand_attempt": np.array([[1, 2], [1, 2], [0, 0]]),
+            "cand_accepted": np.array([[False, True], [False, False], [False, False]]),
+            "gen_fill": np.array([0.5, 0.5, 0.0]) if i % 2 else np.array([1.0, 1.0, 0.0]),
+        }
+        assert tally.add(stats) == 2
+    assert tally.counts == {"accepted": 300, "needs_review": 0, "failed": 300} and tally.pending == 300
+    assert (tally.generated, tally.accepted, tally.speculative) == (1200, 300, 0)
+    assert tally.mean_fill() == pytest.approx(0.75)
+    for name, value in vars(tally).items():
+        assert isinstance(value, int | float) or (name == "counts" and len(value) == 3), name
+
+
+def test_cpu_generators_get_the_cores_they_were_given_as_torch_threads():
+    # The default CPU plan: one generator per 8 CPUs, each using its share of the cluster's cores.
+    assert generator_threads(plan_pools(ResourceConfig(), {"CPU": 2}), 2) == 2
+    big = plan_pools(ResourceConfig(), {"CPU": 64})
+    assert big.generators == 8 and generator_threads(big, 64) == 8
+    assert generator_threads(plan_pools(ResourceConfig(generators=3), {"CPU": 4}), 4) == 1
+    # Cores asked for explicitly are the actor's own; on GPUs Ray's setting stands.
+    assert generator_threads(plan_pools(ResourceConfig(cpus_per_generator=3), {"CPU": 16}), 16) == 3
+    assert generator_threads(plan_pools(ResourceConfig(), {"CPU": 8, "GPU": 1}), 8) is None
 
 
 def test_pool_defaults_adapt_to_the_cluster():
