@@ -38,6 +38,7 @@ def main() -> int:
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from engine.outputs import output_file
     from engine.prepare import read_image_bytes
     from rfnet.inspector import Inspector
 
@@ -47,9 +48,7 @@ def main() -> int:
     for row in rows:
         if row["status"] != "accepted":
             continue
-        image_path = (
-            row["image_path"] if os.path.isabs(row["image_path"]) else os.path.join(args.out, row["image_path"])
-        )
+        image_path = output_file(args.out, row["image_path"])
         if not os.path.isfile(image_path):  # older outputs stored paths relative to the job's directory
             image_path = row["image_path"]
         image = np.asarray(Image.open(image_path).convert("RGB"))

@@ -26,6 +26,14 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (against this process's working directory); a URI as it is. Ray's
+    workers do not share the driver's working directory, so a relative output path must not reach them."""
+    if "://" in uri:
+        return uri
+    return os.path.abspath(uri)
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:

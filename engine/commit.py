@@ -1,9 +1,10 @@
 """The driver-side commit of a refresh round, so that a round can be rerun after a failure.
 
-A round's write tasks put each batch's files (candidates, results, pending rows) in the round
+A round's write tasks put each batch's files (images, candidates, results, pending rows) in the round
 attempt's *staging* folder, never in the output. The driver commits a batch when its stats row
-reaches it: it moves the batch's candidates file into ``candidates/``, its results file into
-``results/`` (the commit point of those SKUs) and its pending file into the next round's input. A
+reaches it: it moves the batch's images into ``images/`` and ``candidate_images/``, its candidates file
+into ``candidates/``, its results file into ``results/`` (the commit point of those SKUs) and its
+pending file into the next round's input. A
 SKU is committed once; a batch reported twice (a retried task) is counted once.
 
 Why the driver and not the task: when a node dies in the middle of a round, the round's Ray Data
@@ -37,8 +38,15 @@ from engine.outputs import RESULT_SCHEMA, write_parquet_atomic
 logger = logging.getLogger(__name__)
 
 # Where a staged batch file goes when its batch is committed, in this order: results last but one,
-# because a results file is what makes a SKU done for a resumed run.
+# because a results file is what makes a SKU done for a resumed run. The batch's images (laid out as
+# under OUT) go before all of them, so a committed row never names an image that is not there yet.
 KINDS = ("candidates", "results", "pending")
+FILES = "files"
+
+
+def staged_files(staging: str, part: str) -> str:
+    """The folder where a batch stages its images, at their paths relative to OUT."""
+    return join(staging, FILES, part)
 
 
 class RoundLedger:
@@ -77,6 +85,7 @@ class RoundLedger:
             "results": join(self.out, "results"),
             "pending": self.pending_folder,
         }
+        move_staged_tree(staged_files(staging, name), self.out)
         for kind in KINDS:
             move_staged(join(staging, kind, name), destinations[kind])
 
@@ -125,6 +134,25 @@ def move_staged(src_uri: str, dst_folder_uri: str) -> bool:
     fs.makedirs(dst_folder, exist_ok=True)
     fs.mv(src, f"{dst_folder.rstrip('/')}/{src.rstrip('/').rsplit('/', 1)[-1]}")
     return True
+
+
+def move_staged_tree(src_folder_uri: str, dst_root_uri: str) -> int:
+    """Move every file under ``src_folder_uri`` to the same relative path under ``dst_root_uri`` (each a
+    rename that replaces a file of that name whole); returns how many there were."""
+    fs, src = filesystem(src_folder_uri)
+    if not fs.exists(src):
+        return 0
+    _, dst = filesystem(dst_root_uri)
+    src, dst = src.rstrip("/"), dst.rstrip("/")
+    moved = 0
+    for path in fs.find(src):
+        if ".tmp-" in path.rsplit("/", 1)[-1]:  # left by a task attempt that died while writing it
+            continue
+        target = f"{dst}/{path[len(src) + 1 :]}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(path, target)
+        moved += 1
+    return moved
 
 
 def replace_final_rows(out: str, rows: dict[str, dict], part_of: dict[str, str], staging: str) -> None:

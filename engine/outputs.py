@@ -3,7 +3,7 @@
     OUT/images/<safe id>.png          the accepted (or best) image of each SKU
     OUT/results/part-*.parquet        one final row per SKU (RESULT_SCHEMA)
     OUT/candidates/part-*.parquet     one row per generated candidate (CANDIDATE_SCHEMA)
-    OUT/candidates/images/*.png       every candidate image (audits, relabelling, the review queue)
+    OUT/candidate_images/*.png        every candidate image (audits, relabelling, the review queue)
     OUT/summary.json                  counts, attempts histogram, acceptance per attempt, throughput
     OUT/duplicates/<run>.jsonl        input rows skipped because their SKU id appeared earlier
     OUT/_state/                       scratch of the current run (staged input, pending rounds)
@@ -11,10 +11,16 @@
 
 Every file is written under a temporary name and renamed into place, so a reader (or a resumed run)
 sees a file whole or not at all. A results file is the commit point of its SKUs: a SKU is done exactly
-when a results file holding its row exists. Write tasks stage their part files under ``_state/`` and the
-driver moves each batch's files into ``candidates/`` and ``results/`` when the batch's stats reach it
+when a results file holding its row exists. Write tasks stage every file they make (PNGs too) under
+``_state/`` and the driver moves each batch's files into place when the batch's stats reach it
 (engine/commit.py), so a task that is retried, or one that outlives a failed round, never adds a
 second copy. Part files are named by a hash of their SKU ids and round.
+
+``results/`` and ``candidates/`` are Parquet datasets and hold Parquet files only, so that
+``pyarrow.parquet.read_table``, ``pandas.read_parquet``, DuckDB or Spark open the folder as it is;
+images live in folders beside them. The ``image_path`` of a row is relative to OUT (``images/x.png``),
+whatever directory the job ran in, so the output folder can be moved, copied or shared whole; resolve it
+with ``output_file``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from cluster.storage import filesystem, join, write_bytes_atomic
 logger = logging.getLogger(__name__)
 
 STATUSES = ("accepted", "needs_review", "failed")
+
+IMAGES = "images"
+CANDIDATE_IMAGES = "candidate_images"
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -81,6 +90,24 @@ CANDIDATE_SCHEMA = pa.schema(
         ("run_id", pa.string()),
     ]
 )
+
+
+def image_rel(sku_name: str) -> str:
+    """The final image of a SKU (by its safe name), relative to OUT."""
+    return f"{IMAGES}/{sku_name}.png"
+
+
+def candidate_image_rel(sku_name: str, attempt: int) -> str:
+    """The image of one candidate, relative to OUT."""
+    return f"{CANDIDATE_IMAGES}/{sku_name}-a{attempt:02d}.png"
+
+
+def output_file(out_uri: str, image_path: str) -> str:
+    """Where a manifest's ``image_path`` is: relative paths are under ``out_uri``; an absolute path or a URI
+    (outputs written before paths were made relative) is returned as it is."""
+    if "://" in image_path or image_path.startswith("/"):
+        return image_path
+    return join(out_uri, image_path)
 
 
 def part_name(sku_ids: list[str], tag: str) -> str:

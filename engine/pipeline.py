@@ -3,7 +3,7 @@
     1. read SKUs       stream the input once in the driver (constant memory): drop SKUs that already
                        have a final row (resume), log duplicate ids, stage the rest as Parquet
     2. conditions      CPU tasks: decode, lay out, masks, canny, prompt and seed per attempt
-    3. generate        the generation actor pool (diffusion pipeline loaded once per actor)
+    3. generate        the generation actor pool (diffusion pipeline loaded once per actor per run)
     4. score           the scoring actor pool (depth + saliency + RFNet)
     5. decide + write  CPU tasks: the first accepted attempt wins; rejects become pending rows
     6. attempts 2..K   steps 2-5 again over the pending rows only, in rounds, until none are left
@@ -12,7 +12,14 @@ Each round's write tasks stage their files and the driver commits each batch as 
 (engine/commit.py), so a round that fails because the cluster lost a node, actor or object is rerun
 over the SKUs it has not committed, without a SKU ever getting two final rows.
 
-Rejects re-enter the generation pool as *rounds* over the pending SKUs. When few SKUs remain pending
+Rejects re-enter the generation pool as *rounds* over the pending SKUs: each round is one Ray Data
+execution, and the pools are the run's own actors (``ModelPools``), started once and fed by every
+round. Why not one execution with a feedback queue: a Ray Data execution plans its read tasks when it
+starts, so a source the driver keeps filling needs read tasks that block on a queue (holding their
+slots, and stalling everything behind them in order) until the driver knows no reject will come; and
+same seed, same image needs every generator batch to hold the same rows in every run, which a batch
+made of whatever rejects arrived meanwhile does not. A round ends with a barrier (its stragglers), so
+the pools idle at the end of each round. When few SKUs remain pending
 a round would leave the generators' batches half empty, so each pending SKU then gets ``m``
 candidates at once (its next ``m`` attempts), ``m`` sized from the acceptance rate seen so far and
 capped by the SKU's remaining budget. Seeds depend only on the attempt number, so the outcome is the
@@ -27,6 +34,7 @@ import json
 import logging
 import math
 import os
+import random
 import sqlite3
 import sys
 import tempfile
@@ -38,8 +46,8 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from cluster.resources import plan_pools
-from cluster.storage import filesystem, join
+from cluster.resources import PoolPlan, plan_pools
+from cluster.storage import absolute, filesystem, join
 from engine.commit import RoundLedger, iter_stats
 from engine.config import GeneratorConfig, RefreshConfig, ScorerConfig
 from engine.models import checked_paths, describe
@@ -81,6 +89,22 @@ def candidates_per_sku(
     return max(1, min(budget, needed, fill))
 
 
+def generator_threads(plan: PoolPlan, cluster_cpus: float) -> int | None:
+    """Torch threads of one CPU generation actor: the cores that actor was given (None on GPUs, where
+    Ray's setting stands).
+
+    An explicit ``cpus_per_generator`` of a core or more is the actor's own. The default CPU plan reserves
+    only a share of a core per generator, so that tasks fit beside it, and plans one generator per 8 CPUs:
+    there each generator's cores are the cluster's divided over the pool. Giving every generator the
+    whole cluster's count would run generators x cluster-CPUs threads on the cluster's cores.
+    """
+    if plan.gpus_per_generator > 0:
+        return None
+    if plan.cpus_per_generator >= 1:
+        return int(plan.cpus_per_generator)
+    return max(1, int(cluster_cpus // plan.generators))
+
+
 @dataclass
 class Tally:
     """This run's figures, from the stats rows of committed batches (each SKU's row counted once)."""
@@ -92,7 +116,10 @@ class Tally:
     """Candidates generated after the one that was accepted (the price of several per SKU per round)."""
     pending: int = 0
     """SKUs the current round sends to the next."""
-    fills: list[float] = field(default_factory=list)
+    fill_sum: float = 0.0
+    fill_rows: int = 0
+    """Generator batch fill summed over the rows that were generated, and their count: running sums, so
+    the driver's memory does not grow with the catalog."""
     round_reruns: int = 0
     """Rounds rerun after their execution failed for a cluster reason."""
 
@@ -113,12 +140,68 @@ class Tally:
             self.accepted += int(accepted_row.sum())
             if outcome == "accepted":
                 self.speculative += len(attempts_row) - int(np.argmax(accepted_row)) - 1
-        self.fills.extend(float(f) for f in stats["gen_fill"] if f > 0)
+        fills = stats["gen_fill"][stats["gen_fill"] > 0]
+        self.fill_sum += float(fills.sum())
+        self.fill_rows += len(fills)
         return finished
+
+    def mean_fill(self) -> float | None:
+        return self.fill_sum / self.fill_rows if self.fill_rows else None
 
 
 def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
     return stage(batch)
+
+
+class GenerateCandidatesActor(GenerateCandidates):
+    """A generation actor of the run's pool (``ModelPools``)."""
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self(batch)
+
+
+class ScoreStageActor(ScoreStage):
+    """A scoring actor of the run's pool (``ModelPools``)."""
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self(batch)
+
+
+class ModelPools:
+    """The run's generation and scoring actors: started once, before the input is staged, and used by
+    every round and every rerun of a round, so each loads its model (and warms up) once per run.
+
+    Ray Data starts an operator's actor pool with each execution and ends it with the execution, and an
+    execution is one round: pools of its own made every retry round pay the start-up again (a model load
+    per actor; ~33 s per round on 2 CPUs with the tiny models). Like those, these actors restart when they
+    die and their calls are retried, so a lost node or a killed actor costs a model load, not the round.
+    """
+
+    def __init__(self, cfg: RefreshConfig, plan: PoolPlan, threads: int | None):
+        generator = ray.remote(GenerateCandidatesActor).options(
+            num_cpus=plan.cpus_per_generator, num_gpus=plan.gpus_per_generator, max_restarts=-1, max_task_retries=-1
+        )
+        gen_cfg = _on_device(cfg.generator, plan.gpus_per_generator)
+        self.generators = [
+            generator.remote(cfg=gen_cfg, threads=threads, gen_batch_size=plan.gen_batch_size)
+            for _ in range(plan.generators)
+        ]
+        scorer = ray.remote(ScoreStageActor).options(
+            num_cpus=plan.cpus_per_scorer, num_gpus=plan.gpus_per_scorer, max_restarts=-1, max_task_retries=-1
+        )
+        score_cfg = _scorer_on_device(cfg.scorer, plan.gpus_per_scorer)
+        self.scorers = [scorer.remote(score_cfg) for _ in range(plan.scorers)]
+
+    def close(self) -> None:
+        for actor in self.generators + self.scorers:
+            ray.kill(actor)
+
+
+def _on_pool(batch: dict[str, np.ndarray], actors: list) -> dict[str, np.ndarray]:
+    """Run one batch on an actor of a pool. The actors hold the same model, so which one does not change
+    the result; a random one spreads the calls (at most two in flight per actor, see ``_round_dataset``)."""
+    actor = actors[random.randrange(len(actors))]
+    return ray.get(actor.run.remote(batch))
 
 
 def run_refresh(cfg: RefreshConfig) -> dict:
@@ -130,7 +213,9 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     start = time.time()
     # A wrong model path would otherwise surface as every pool actor dying at start-up, which looks like
     # a cluster failure and would be retried.
-    cfg = dataclasses.replace(cfg, generator=checked_paths(cfg.generator), scorer=cfg.scorer.checked())
+    cfg = dataclasses.replace(
+        cfg, output=absolute(cfg.output), generator=checked_paths(cfg.generator), scorer=cfg.scorer.checked()
+    )
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     plan = plan_pools(cfg.resources, ray.cluster_resources(), nodes)
     templates = load_prompt_config(cfg.prompts)
@@ -146,6 +231,17 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     context.execution_options.preserve_order = True
     logger.info("pools: %s", plan)
 
+    threads = generator_threads(plan, ray.cluster_resources().get("CPU", 1))
+    # Started first, so that the models load while the input is staged.
+    pools = ModelPools(cfg, plan, threads)
+    try:
+        return _run_rounds(cfg, plan, pools, templates, run_id, state, start)
+    finally:
+        pools.close()
+
+
+def _run_rounds(cfg: RefreshConfig, plan: PoolPlan, pools: ModelPools, templates, run_id: str, state: str,
+                start: float) -> dict:  # fmt: skip
     # 1. read SKUs
     staged = stage_input(cfg, join(state, "input"), run_id)
     if staged["input_rows"] == 0:
@@ -154,7 +250,6 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     policy = PromptPolicy(
         templates=templates, run_seed=cfg.run_seed, rotate_after=cfg.rotate_after, mix_caption=cfg.mix_caption
     )
-    threads = None if plan.gpus_per_generator > 0 else max(1, int(ray.cluster_resources().get("CPU", 1)))
     tally = Tally()
     source, pending, attempts_done, rounds = join(state, "input"), staged["to_process"], 0, 0
     bar = tqdm(total=staged["to_process"], desc="refresh", unit="sku", disable=not cfg.progress, file=sys.stderr)
@@ -175,7 +270,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
                     out=cfg.output, run_id=run_id, round=rounds, max_attempts=cfg.max_attempts, models=models,
                     staging=join(state, f"r{rounds:02d}-try{tries}"),
                 )  # fmt: skip
-                ds = _round_dataset(cfg, plan, policy, threads, round_input, m, ctx)
+                ds = _round_dataset(cfg, plan, policy, pools, round_input, m, ctx)
                 try:
                     for stats in iter_stats(
                         ds.iter_batches(batch_size=None, batch_format="numpy"), ledger, ctx.staging
@@ -215,7 +310,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
             "speculative_candidates": tally.speculative,
             "round_reruns": tally.round_reruns,
             "images_per_second": tally.generated / wall if wall > 0 else 0.0,
-            "mean_generation_batch_fill": float(np.mean(tally.fills)) if tally.fills else None,
+            "mean_generation_batch_fill": tally.mean_fill(),
             **tally.counts,
         },
         "models": {**models, "rfnet": cfg.scorer.rfnet},
@@ -231,7 +326,7 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     return summary
 
 
-def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, threads, parts: list[str], m: int, ctx):
+def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, pools: ModelPools, parts: list[str], m: int, ctx):
     """Steps 2-5 of one round over the pending rows in ``parts``, as a lazy Ray Data dataset of stats rows."""
     rows_per_gen = max(1, plan.gen_batch_size // m)
     # Every task asks for a small CPU share: the actors hold most of the cores, and a task asking for
@@ -251,32 +346,16 @@ def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, threads, part
         batch_size=rows_per_gen,
         num_cpus=plan.cpus_per_task,
     )
-    # 3. generate (actor pool)
-    ds = ds.map_batches(
-        GenerateCandidates,
-        fn_constructor_kwargs={
-            "cfg": _on_device(cfg.generator, plan.gpus_per_generator),
-            "threads": threads,
-            "gen_batch_size": plan.gen_batch_size,
-        },
-        batch_size=rows_per_gen,
-        concurrency=plan.generators,
-        num_cpus=plan.cpus_per_generator,
-        num_gpus=plan.gpus_per_generator,
-        max_restarts=-1,
-        max_task_retries=-1,
-    )
-    # 4. score (actor pool)
-    ds = ds.map_batches(
-        ScoreStage,
-        fn_constructor_kwargs={"cfg": _scorer_on_device(cfg.scorer, plan.gpus_per_scorer)},
-        batch_size=max(1, plan.score_batch_size // m),
-        concurrency=plan.scorers,
-        num_cpus=plan.cpus_per_scorer,
-        num_gpus=plan.gpus_per_scorer,
-        max_restarts=-1,
-        max_task_retries=-1,
-    )
+    # 3. generate and 4. score, each batch whole on an actor of the run's pools. Two calls in flight per
+    # actor keep it busy while the next batch travels, without queueing a round's worth of batches on it.
+    for actors, batch_rows in ((pools.generators, rows_per_gen), (pools.scorers, max(1, plan.score_batch_size // m))):
+        ds = ds.map_batches(
+            _on_pool,
+            fn_kwargs={"actors": actors},
+            batch_size=batch_rows,
+            num_cpus=plan.cpus_per_task,
+            compute=ray.data.TaskPoolStrategy(size=2 * len(actors)),
+        )
     # 5. decide + write (into the round attempt's staging folder; the driver commits)
     return ds.map_batches(
         _apply, fn_kwargs={"stage": DecideAndWrite(ctx)}, batch_size=rows_per_gen, num_cpus=plan.cpus_per_task

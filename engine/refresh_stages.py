@@ -9,7 +9,7 @@ decision for a SKU never needs a shuffle:
     GenerateCandidates   (actor pool) the diffusion pipeline on every candidate, product pasted back
     ScoreStage           (actor pool) engine/score.py
     DecideAndWrite       (CPU task)   first accepted attempt wins; else keep the best and go again,
-                                      or finish as needs_review after max_attempts; write files
+                                      or finish as needs_review after max_attempts; stage files
 
 Rows whose input is bad carry ``error`` and flow through untouched until DecideAndWrite writes their
 ``failed`` row.
@@ -27,10 +27,18 @@ from PIL import Image
 
 from cluster.storage import join, read_bytes, write_bytes_atomic
 from engine.columns import encode_lists
+from engine.commit import staged_files
 from engine.conditioning import ProductImageError
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.generate import GenerateStage
-from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, part_name, write_parquet_atomic
+from engine.outputs import (
+    CANDIDATE_SCHEMA,
+    RESULT_SCHEMA,
+    candidate_image_rel,
+    image_rel,
+    part_name,
+    write_parquet_atomic,
+)
 from engine.paths import safe_name
 from engine.prepare import CONDITION_COLUMNS, MissingImageError, PromptPolicy, candidate_inputs, read_image_bytes
 from engine.torch_thread import TorchThread
@@ -162,7 +170,11 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 class DecideAndWrite:
-    """Decide each SKU of the batch and write its files. Returns one small stats row per SKU."""
+    """Decide each SKU of the batch and stage its files. Returns one small stats row per SKU.
+
+    Every file goes to the round attempt's staging folder, PNGs included: a task of a failed round that
+    finishes late must not overwrite the image of a SKU that another execution has committed.
+    """
 
     def __init__(self, ctx: WriteContext):
         self.ctx = ctx
@@ -170,11 +182,14 @@ class DecideAndWrite:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ctx = self.ctx
         b, m = batch["seed"].shape
+        sku_ids = [str(s) for s in batch["sku_id"]]
+        part = part_name(sku_ids, f"r{ctx.round:02d}")
+        files = staged_files(ctx.staging, part)
         results, candidates, pending = [], [], []
         outcome = np.full(b, "pending", dtype=object)
         final_attempts = np.zeros(b, np.int32)
         for i in range(b):
-            sku = str(batch["sku_id"][i])
+            sku = sku_ids[i]
             base = {k: _scalar(batch[k][i]) for k in PENDING_COLUMNS}
             scorer = {"rfnet": str(batch["scorer_id"][i]), "threshold": float(batch["threshold"][i])}
             if base["error"]:
@@ -187,11 +202,12 @@ class DecideAndWrite:
             prompts, negatives = json.loads(batch["prompts_json"][i]), json.loads(batch["negatives_json"][i])
             defects = json.loads(batch["defects_json"][i])
             first_ok = None
+            best_data = None  # the best candidate's PNG when it is one of this batch's (not committed yet)
             for j in range(m):
                 attempt = int(batch["attempt"][i, j])
                 data = png_bytes(batch["generated"][i, j])
-                cand_path = join(ctx.out, "candidates", "images", f"{name}-a{attempt:02d}.png")
-                write_bytes_atomic(cand_path, data)
+                cand_path = candidate_image_rel(name, attempt)
+                write_bytes_atomic(join(files, cand_path), data)
                 p = float(batch["p_available"][i, j])
                 ok = bool(batch["accepted"][i, j])
                 candidates.append(
@@ -217,18 +233,22 @@ class DecideAndWrite:
                         best_p=p, best_attempt=attempt, best_seed=int(batch["seed"][i, j]), best_image=cand_path
                     )
                     base.update(best_prompt=prompts[j], best_defect=defects[j])
+                    best_data = data
             if first_ok is not None:
                 j, data = first_ok
-                image_path = join(ctx.out, "images", f"{name}.png")
-                write_bytes_atomic(image_path, data)
+                image_path = image_rel(name)
+                write_bytes_atomic(join(files, image_path), data)
                 attempt = int(batch["attempt"][i, j])
                 base.update(best_p=float(batch["p_available"][i, j]), best_seed=int(batch["seed"][i, j]))
                 base.update(best_prompt=prompts[j], best_defect="")
                 results.append(self._result(base, scorer, "accepted", attempts=attempt, image_path=image_path))
                 outcome[i], final_attempts[i] = "accepted", attempt
             elif base["attempts_done"] + m >= ctx.max_attempts:
-                image_path = join(ctx.out, "images", f"{name}.png")
-                write_bytes_atomic(image_path, read_bytes(base["best_image"]))
+                image_path = image_rel(name)
+                # A best candidate of an earlier round was committed with that round's batch.
+                if best_data is None:
+                    best_data = read_bytes(join(ctx.out, base["best_image"]))
+                write_bytes_atomic(join(files, image_path), best_data)
                 results.append(
                     self._result(base, scorer, "needs_review", attempts=ctx.max_attempts, image_path=image_path)
                 )
@@ -236,8 +256,6 @@ class DecideAndWrite:
             else:
                 base["attempts_done"] += m
                 pending.append(base)
-        sku_ids = [str(s) for s in batch["sku_id"]]
-        part = part_name(sku_ids, f"r{ctx.round:02d}")
         # Staged only: the driver moves these into the output when this batch's stats reach it.
         for kind, rows, schema in (
             ("candidates", candidates, CANDIDATE_SCHEMA),

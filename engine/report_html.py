@@ -28,20 +28,23 @@ logger = logging.getLogger(__name__)
 
 # ---- links and thumbnails ------------------------------------------------------------------------------------
 
-_OUT_FOLDERS = ("/candidates/images/", "/images/")
+# Where older refreshes kept images (candidates/images/ inside the dataset folder), and where they live now.
+_OUT_FOLDERS = ("/candidates/images/", "/candidate_images/", "/images/")
 
 
 def relative_link(out: str, path: str | None) -> str | None:
     """A link from ``out/report.html`` to an image the refresh wrote, relative to ``out``; None if missing.
 
-    The refresh records absolute paths. An output folder that was moved since still holds its images at
-    the same place relative to its root, which is then found from the layout (``images/``,
-    ``candidates/images/``).
+    The refresh records paths relative to ``out``. Older refreshes recorded absolute ones: an output
+    folder that was moved since still holds its images at the same place relative to its root, which is
+    then found from the layout (``images/``, ``candidates/images/``).
     """
     if not path:
         return None
     root = out.rstrip("/") + "/"
-    if path.startswith(root):
+    if "://" not in path and not path.startswith("/"):
+        rel = path
+    elif path.startswith(root):
         rel = path[len(root) :]
     else:
         # candidates/images/ first: its tail also ends in images/

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from cluster.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
 from engine.commit import replace_final_rows
-from engine.outputs import RESULT_SCHEMA, complete_parts, iter_column_batches
+from engine.outputs import RESULT_SCHEMA, complete_parts, image_rel, iter_column_batches
 from engine.paths import safe_name
 from engine.report_html import relative_link
 from engine.review_config import ReviewConfig
@@ -370,11 +370,11 @@ class ReviewSession:
                 p_available=image["p_available"], defect=decision["labels"].get(image["id"]),
             )  # fmt: skip
         row.update(decided_by="review", finished_at=time.time())
-        # The SKU's image stays where its row says (found again if the output was moved since).
-        rel = relative_link(self.out, row["image_path"])
-        dest = join(self.out, rel) if rel else join(self.out, "images", f"{safe_name(sku.sku_id)}.png")
-        write_bytes_atomic(dest, read_bytes(self.output_file(image["image_path"])))
-        row["image_path"] = dest
+        # The SKU's image stays where its row says (found again if the output was moved since); the row
+        # names it relative to OUT, as the refresh does.
+        rel = relative_link(self.out, row["image_path"]) or image_rel(safe_name(sku.sku_id))
+        write_bytes_atomic(join(self.out, rel), read_bytes(self.output_file(image["image_path"])))
+        row["image_path"] = rel
         replace_final_rows(self.out, {sku.sku_id: row}, self.part_of, join(self.root, "_staging"))
         sku.row = row
 

@@ -60,8 +60,8 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def _actor_nodes(c: LocalCluster, stage: str, alive_only: bool = False) -> list[str]:
-    """Node ids of the actors whose class name contains ``stage`` (Ray Data names its pool actors
-    ``MapWorker(MapBatches(<stage>))``), read from the GCS actor table."""
+    """Node ids of the actors whose class name contains ``stage`` (the refresh's pool actors are
+    ``GenerateCandidatesActor`` and ``ScoreStageActor``), read from the GCS actor table."""
     actors = ray._private.state.actors().values()
     return [
         a["Address"]["NodeID"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -131,7 +134,7 @@ def test_threshold_everyone_passes_gives_one_attempt_and_pixel_exact_products(ac
     for sku in ids:
         row = by_id[sku]
         assert row["status"] == "accepted" and row["attempts"] == 1 and row["defect"] is None
-        image = np.array(Image.open(row["image_path"]))
+        image = np.array(Image.open(out / row["image_path"]))
         laid_out = condition_row(sku, Path(row["image_uri"]).read_bytes(), row["image_uri"], 1, cond, PromptPolicy())
         assert row["seed"] == laid_out["seed"] and row["prompt"] == laid_out["prompt"]
         product = laid_out["product_rgba"]
@@ -141,21 +144,41 @@ def test_threshold_everyone_passes_gives_one_attempt_and_pixel_exact_products(ac
     assert len(_candidates(out)) == len(ids)
 
 
-def test_threshold_nobody_passes_gives_needs_review_after_k(accepted_run, tmp_path):
+def test_dataset_folders_hold_only_parquet_that_standard_readers_open(accepted_run):
+    """``results/`` and ``candidates/`` open as they are, the way a user would read them."""
+    out, ids, _ = accepted_run
+    for folder, rows in (("results", len(_results(out))), ("candidates", len(ids))):
+        files = [p for p in (out / folder).rglob("*") if p.is_file()]
+        assert files and all(p.suffix == ".parquet" for p in files), files
+        assert pq.read_table(out / folder).num_rows == rows
+        assert pq.read_table(str(out / folder)).num_rows == rows
+        frame = pd.read_parquet(out / folder)
+        assert len(frame) == rows and "image_path" in frame.columns
+    frame = pd.read_parquet(str(out / "candidates"))
+    assert all((out / p).is_file() for p in frame["image_path"])  # candidate images live beside, not inside
+
+
+def test_threshold_nobody_passes_gives_needs_review_after_k(accepted_run, tmp_path, monkeypatch):
     out_ok, _, _ = accepted_run
     manifest, ids = _manifest(tmp_path)
-    out = tmp_path / "out"
-    assert (
-        refresh.main(
-            ["--input", str(manifest), "--output", str(out), "--threshold", "1.0", "--max-attempts", "2", *FAST]
-        )
-        == 0
-    )
+    # A relative --output, from a working directory of its own: the paths in the manifests are relative to
+    # the output folder, so the folder can be moved whole.
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    monkeypatch.chdir(job_dir)
+    argv = ["--input", str(manifest), "--output", "nested/out", "--threshold", "1.0", "--max-attempts", "2", *FAST]
+    with _generator_processes() as generators:
+        assert refresh.main(argv) == 0
+    # Two rounds, one generation actor: its model was loaded once for the run, not once per round.
+    assert len(generators) == 1, generators
+    out = tmp_path / "moved"
+    shutil.move(job_dir / "nested" / "out", out)
+    assert json.loads((out / "summary.json").read_text())["this_run"]["rounds"] == 2
     rows = _results(out)
     assert {r["sku_id"] for r in rows} == ids and len(rows) == len(ids)
     for row in rows:
         assert row["status"] == "needs_review" and row["attempts"] == 2 and row["defect"]
-        assert Path(row["image_path"]).is_file()
+        assert not Path(row["image_path"]).is_absolute() and (out / row["image_path"]).is_file()
     candidates = _candidates(out)
     assert sorted((c["sku_id"], c["attempt"]) for c in candidates) == sorted((s, a) for s in ids for a in (1, 2))
     # Same --seed, same attempt: the same seed and prompt, and the same image up to float rounding. The
@@ -166,9 +189,34 @@ def test_threshold_nobody_passes_gives_needs_review_after_k(accepted_run, tmp_pa
         first = next(c for c in candidates if c["sku_id"] == row["sku_id"] and c["attempt"] == 1)
         accepted = next(r for r in _results(out_ok) if r["sku_id"] == row["sku_id"])
         assert (first["seed"], first["prompt"]) == (accepted["seed"], accepted["prompt"])
-        a = np.array(Image.open(first["image_path"])).astype(np.int16)
-        b = np.array(Image.open(accepted["image_path"])).astype(np.int16)
+        a = np.array(Image.open(out / first["image_path"])).astype(np.int16)
+        b = np.array(Image.open(out_ok / accepted["image_path"])).astype(np.int16)
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, row["sku_id"]
+
+
+@contextlib.contextmanager
+def _generator_processes():
+    """The ids of every process running a generation actor while the block runs."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    if "GenerateCandidates" in " ".join(proc.cmdline()):
+                        seen.add(proc.pid)
+                except psutil.Error:
+                    continue
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
 
 
 def test_resources_the_cluster_lacks_fail_fast(tmp_path, capsys, ray_local_module):
@@ -215,7 +263,8 @@ def test_a_killed_generation_actor_is_replaced_and_nothing_is_lost(tmp_path, ray
         while time.time() < deadline and not killed:
             for proc in psutil.Process().children(recursive=True):
                 try:
-                    if "GenerateCandidates" in " ".join(proc.cmdline()) and list((out / "candidates").glob("part-*")):
+                    # Killed in the middle of a batch (its title names the call): the call must be retried.
+                    if "GenerateCandidates" in (title := " ".join(proc.cmdline())) and ".run" in title:
                         proc.kill()
                         killed.append(proc.pid)
                         return

@@ -14,7 +14,7 @@ from cluster.resources import ResourceConfig, ResourceError, plan_pools
 from engine.commit import RoundLedger
 from engine.config import ConditioningConfig, GeneratorConfig, ScorerConfig
 from engine.outputs import CANDIDATE_SCHEMA, RESULT_SCHEMA, complete_parts, part_name, write_parquet_atomic
-from engine.pipeline import candidates_per_sku, invalid_id_reason, is_system_failure
+from engine.pipeline import Tally, candidates_per_sku, generator_threads, invalid_id_reason, is_system_failure
 from engine.prepare import CONDITION_COLUMNS, PromptPolicy, condition_row
 from engine.refresh_stages import (
     PENDING_DEFAULTS,
@@ -39,6 +39,35 @@ def test_candidates_per_sku():
     assert candidates_per_sku(8, 1, 5, capacity=16, accepted=50, generated=100, target=0.9) == 2  # fill
     assert candidates_per_sku(2, 1, 5, capacity=16, accepted=0, generated=100, target=0.9) == 4  # p = 0
     assert candidates_per_sku(2, 1, 5, capacity=16, accepted=100, generated=100, target=0.9) == 1  # p = 1
+
+
+def test_the_driver_tally_keeps_running_sums_only():
+    """Its size does not grow with the SKUs or rounds it counts: every field is a number (or the three counts)."""
+    tally = Tally()
+    for i in range(300):
+        stats = {
+            "outcome": np.array(["accepted", "pending", "failed"]),
+            "cand_attempt": np.array([[1, 2], [1, 2], [0, 0]]),
+            "cand_accepted": np.array([[False, True], [False, False], [False, False]]),
+            "gen_fill": np.array([0.5, 0.5, 0.0]) if i % 2 else np.array([1.0, 1.0, 0.0]),
+        }
+        assert tally.add(stats) == 2
+    assert tally.counts == {"accepted": 300, "needs_review": 0, "failed": 300} and tally.pending == 300
+    assert (tally.generated, tally.accepted, tally.speculative) == (1200, 300, 0)
+    assert tally.mean_fill() == pytest.approx(0.75)
+    for name, value in vars(tally).items():
+        assert isinstance(value, int | float) or (name == "counts" and len(value) == 3), name
+
+
+def test_cpu_generators_get_the_cores_they_were_given_as_torch_threads():
+    # The default CPU plan: one generator per 8 CPUs, each using its share of the cluster's cores.
+    assert generator_threads(plan_pools(ResourceConfig(), {"CPU": 2}), 2) == 2
+    big = plan_pools(ResourceConfig(), {"CPU": 64})
+    assert big.generators == 8 and generator_threads(big, 64) == 8
+    assert generator_threads(plan_pools(ResourceConfig(generators=3), {"CPU": 4}), 4) == 1
+    # Cores asked for explicitly are the actor's own; on GPUs Ray's setting stands.
+    assert generator_threads(plan_pools(ResourceConfig(cpus_per_generator=3), {"CPU": 16}), 16) == 3
+    assert generator_threads(plan_pools(ResourceConfig(), {"CPU": 8, "GPU": 1}), 8) is None
 
 
 def test_pool_defaults_adapt_to_the_cluster():
@@ -196,3 +225,53 @@ def test_only_cluster_failures_make_a_round_rerun():
     )
     assert not is_system_failure(chained(ray.data.exceptions.UserCodeException(), ValueError("a bug")))
     assert not is_system_failure(KeyError("x"))
+
+
+def _decided_batches(tmp_path: Path) -> list[dict[str, np.ndarray]]:
+    """Four SKUs conditioned, generated and scored once (one attempt each, every one final after it),
+    split into two batches of two."""
+    size = 32
+    paths = sorted(SAMPLES_DIR.iterdir())[:4]
+    rows = [{**PENDING_DEFAULTS, "sku_id": p.stem, "image_uri": str(p)} for p in paths]
+    batch = {k: np.array([r[k] for r in rows]) for k in PENDING_DEFAULTS}
+    batch = ConditionCandidates(ConditioningConfig(size=size), PromptPolicy(run_seed=0), 1)(batch)
+    batch = GenerateCandidates(GeneratorConfig(size=size, steps=2), gen_batch_size=4)(batch)
+    batch = ScoreStage(ScorerConfig(rfnet="fixed-rate:0.5"))(batch)
+    return [{k: v[i : i + 2] for k, v in batch.items()} for i in (0, 2)]
+
+
+def _output_files(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and "_state" not in p.relative_to(out).parts
+    }
+
+
+def test_a_late_task_of_a_failed_round_changes_no_committed_file(tmp_path):
+    """Round 1 commits batch A, then fails; its rerun commits batch B. Tasks of the failed execution that
+    finish afterwards (A retried, B late), with other pixels, leave every committed file as it was."""
+    out, state = tmp_path / "out", tmp_path / "out" / "_state" / "run"
+    batch_a, batch_b = _decided_batches(tmp_path)
+
+    def ctx(attempt: int) -> WriteContext:
+        return WriteContext(out=str(out), run_id="t", round=1, max_attempts=1, models={"base_model": "tiny"},
+                            staging=str(state / f"r01-try{attempt}"))  # fmt: skip
+
+    ledger = RoundLedger(str(out), str(state / "pending-r01"))
+    assert ledger.commit(ctx(1).staging, DecideAndWrite(ctx(1))(batch_a)).all()
+    # The execution fails here; the rerun decides batch B in its own staging folder and commits it.
+    assert ledger.commit(ctx(2).staging, DecideAndWrite(ctx(2))(batch_b)).all()
+    ledger.close()
+    committed = _output_files(out)
+    results = pq.read_table(out / "results").to_pylist()
+    assert sorted(r["sku_id"] for r in results) == sorted([*batch_a["sku_id"], *batch_b["sku_id"]])
+    assert {f"images/{Path(r['image_path']).name}" for r in results} <= set(committed)
+    assert sum(name.startswith("candidate_images/") for name in committed) == 4
+    # Late tasks of the failed execution, whose pixels differ (other batch neighbours, other rounding).
+    for late in (batch_a, batch_b):
+        DecideAndWrite(ctx(1))({**late, "generated": 255 - late["generated"]})
+    assert _output_files(out) == committed
+    for r in results:  # each final image is still the one its row's decision chose
+        cand = out / "candidate_images" / f"{Path(r['image_path']).stem}-a01.png"
+        assert (out / r["image_path"]).read_bytes() == cand.read_bytes()
