@@ -38,7 +38,7 @@ def main() -> None:
                 *common,
                 "--output",
                 f"{tmp}/plain",
-                "--batch-size",
+                "--gen-batch-size",
                 str(args.batch),
             ]
         )
