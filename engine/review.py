@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
-from cluster.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
+from cluster.storage import absolute, exists, filesystem, join, read_bytes, write_bytes_atomic
 from engine.commit import replace_final_rows
 from engine.outputs import RESULT_SCHEMA, complete_parts, image_rel, iter_column_batches
 from engine.paths import safe_name
@@ -109,8 +109,8 @@ class ReviewSession:
     def __init__(self, out: str, cfg: ReviewConfig | None = None):
         if not is_refresh_output(out):
             raise ReviewError(400, "not_a_refresh_output", f"{out} has no results/ and candidates/")
-        # The refresh records absolute paths; so does the review, for the rows it rewrites.
-        self.out = out if "://" in out else os.path.abspath(out)
+        # Absolute, so that the check that a served file lies under OUT compares like with like.
+        self.out = absolute(out)
         self.cfg, self._cfg_given = cfg or ReviewConfig(), cfg is not None
         self.root = join(out, "review")
         self._lock = threading.Lock()
