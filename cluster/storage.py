@@ -26,6 +26,17 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def is_relative(path: str) -> bool:
+    """A local path relative to some folder: neither absolute nor a URI."""
+    return "://" not in path and not path.startswith("/")
+
+
+def resolve(base: str, path: str) -> str:
+    """``path`` as written in a manifest or an output row under ``base``: a relative path is joined onto
+    ``base``; an absolute path or a URI is returned as it is."""
+    return join(base, path) if is_relative(path) else path
+
+
 def absolute(uri: str) -> str:
     """A local path made absolute (against this process's working directory); a URI as it is. Ray's
     workers do not share the driver's working directory, so a relative output path must not reach them."""

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from cluster.storage import filesystem, join, write_bytes_atomic
+from cluster.storage import filesystem, join, resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,7 @@ def candidate_image_rel(sku_name: str, attempt: int) -> str:
 def output_file(out_uri: str, image_path: str) -> str:
     """Where a manifest's ``image_path`` is: relative paths are under ``out_uri``; an absolute path or a URI
     (outputs written before paths were made relative) is returned as it is."""
-    if "://" in image_path or image_path.startswith("/"):
-        return image_path
-    return join(out_uri, image_path)
+    return resolve(out_uri, image_path)
 
 
 def part_name(sku_ids: list[str], tag: str) -> str:

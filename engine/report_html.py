@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from cluster.storage import exists, join, read_bytes
+from cluster.storage import exists, is_relative, join, read_bytes
 
 if TYPE_CHECKING:
     from engine.report import ReportConfig, Scan
@@ -42,7 +42,7 @@ def relative_link(out: str, path: str | None) -> str | None:
     if not path:
         return None
     root = out.rstrip("/") + "/"
-    if "://" not in path and not path.startswith("/"):
+    if is_relative(path):
         rel = path
     elif path.startswith(root):
         rel = path[len(root) :]

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
-from cluster.storage import filesystem
+from cluster.storage import filesystem, resolve
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
@@ -91,9 +91,7 @@ def record_from_row(row: dict, base: str, where: str) -> SkuRecord:
     if image_uri is None or str(image_uri) == "":
         return SkuRecord(sku_id=str(sku_id), image_uri="", error="missing image_uri", **text)
     image_uri = str(image_uri)
-    if "://" not in image_uri and not image_uri.startswith("/"):
-        image_uri = posixpath.join(base, image_uri)
-    return SkuRecord(sku_id=str(sku_id), image_uri=image_uri, **text)
+    return SkuRecord(sku_id=str(sku_id), image_uri=resolve(base, image_uri), **text)
 
 
 def _parquet_rows(fs, path: str) -> Iterator[dict]:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from cluster.storage import filesystem, join
+from cluster.storage import filesystem, join, resolve
 from rfnet.config import LABELS
 
 _LABEL_INDEX = {name.lower().replace("_", " ").replace("-", " "): i for i, name in enumerate(LABELS)}
@@ -171,10 +171,10 @@ def read_manifest(uri: str) -> list[Example]:
     else:
         raise ValueError(f"{uri}: a manifest must end in .parquet or .jsonl")
 
-    def resolve(p: str | None) -> str | None:
+    def located(p: str | None) -> str | None:
         if not p:
             return None
-        return p if "://" in p or os.path.isabs(p) else join(base, p)
+        return resolve(base, p)
 
     problems, examples = [], []
     for n, row in enumerate(rows, 1):
@@ -188,17 +188,17 @@ def read_manifest(uri: str) -> list[Example]:
         except ValueError as e:
             problems.append(f"{where}: {e}")
             continue
-        gen = resolve(row["generated"])
+        gen = located(row["generated"])
         examples.append(
             Example(
                 id=str(row.get("id") or os.path.splitext(os.path.basename(gen))[0]),
                 product_id=str(row.get("product_id") or product_id_of(gen)),
                 generated=gen,
-                product=resolve(row["product"]),
+                product=located(row["product"]),
                 caption=str(row["caption"]),
                 label=label,
-                depth=resolve(row.get("depth")),
-                saliency=resolve(row.get("saliency")),
+                depth=located(row.get("depth")),
+                saliency=located(row.get("saliency")),
             )
         )
     if problems:

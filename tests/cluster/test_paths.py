@@ -37,3 +37,13 @@ def test_wrong_paths_are_named_with_what_was_expected(tmp_path, monkeypatch, val
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelPathError, match=message):
         checked_path(value, "thing", **kwargs)
+
+
+def test_resolve_joins_relative_paths_and_keeps_absolute_ones_and_uris():
+    from cluster.storage import is_relative, resolve
+
+    assert resolve("/data/out", "images/a.png") == "/data/out/images/a.png"
+    assert resolve("s3://bucket/out", "images/a.png") == "s3://bucket/out/images/a.png"
+    assert resolve("/data/out", "/elsewhere/a.png") == "/elsewhere/a.png"
+    assert resolve("/data/out", "gs://b/a.png") == "gs://b/a.png"
+    assert is_relative("images/a.png") and not is_relative("/a.png") and not is_relative("memory://x/a.png")
