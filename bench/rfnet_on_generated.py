@@ -6,7 +6,12 @@ it: depth and saliency computed on the fly by the given models, the checkpoint's
 Available, the accuracy, the share of accepted images the inspector accepts too (the demo's "inspector
 agrees" figure) and the confusion matrix; ``--output`` writes them as JSON.
 
-    python bench/rfnet_on_generated.py --rfnet toy --data runs/gen_rf1m_heldout
+``--calibrate P`` finds the lowest threshold whose precision on Available reaches P on this set (a
+calibration set: products neither training nor evaluation used), and ``--write-threshold`` stores it in
+the checkpoint folder as its default, the threshold production gates on (docs/paper.md, section 8).
+
+    python bench/rfnet_on_generated.py --rfnet toy --data data/gen_rf1m_heldout
+    python bench/rfnet_on_generated.py --rfnet CKPT --data data/gen_rf1m_calib --calibrate 0.85 --write-threshold
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ def score_generated_set(
         "rfnet_accepted": int(accepted.sum()),
         "inspector_agrees_with_accepted": float(inspector_ok[accepted].mean()) if accepted.any() else float("nan"),
         "confusion": confusion_matrix(labels, probs.argmax(1)).tolist(), "labels": list(LABELS),
+        "p_available": probs[:, 0].tolist(),
     }  # fmt: skip
 
 
@@ -64,9 +70,26 @@ def main() -> int:
     p.add_argument("--depth", default="toy")
     p.add_argument("--saliency", default="toy")
     p.add_argument("--output")
+    p.add_argument("--calibrate", type=float, metavar="P", help="find the threshold for precision P on Available")
+    p.add_argument("--write-threshold", action="store_true", help="store the --calibrate threshold in --rfnet")
     args = p.parse_args()
+    if args.write_threshold and args.calibrate is None:
+        p.error("--write-threshold needs --calibrate P")
     out = score_generated_set(args.rfnet, args.data, args.depth, args.saliency)
-    print(json.dumps(out, indent=2))
+    if args.calibrate is not None:
+        import numpy as np
+
+        from rfnet.checkpoint import set_threshold
+        from rfnet.data import read_rf1m
+        from rfnet.metrics import calibrate_threshold
+
+        available = np.array([e.label == 0 for e in read_rf1m(args.data)])
+        out["calibrated_threshold"] = calibrate_threshold(np.array(out["p_available"]), available, args.calibrate)
+        if out["calibrated_threshold"] is None:
+            raise SystemExit(f"no threshold reaches precision {args.calibrate} on Available in {args.data}")
+        if args.write_threshold:
+            set_threshold(args.rfnet, out["calibrated_threshold"])
+    print(json.dumps({k: v for k, v in out.items() if k != "p_available"}, indent=2))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)

@@ -110,6 +110,19 @@ def read_meta(folder: str) -> dict:
     return meta
 
 
+def set_threshold(folder: str, threshold: float) -> None:
+    """Store a new default decision threshold in a checkpoint folder (e.g. one calibrated for precision on
+    a labelled set of the images it will score); weights and config are left as they are."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    meta = read_meta(folder)
+    meta["threshold"] = float(threshold)
+    path = os.path.join(folder, CONFIG_NAME)
+    with open(path + ".tmp", "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def resolve(path_or_preset: str) -> str:
     """The folder of a shipped trained checkpoint (``TRAINED_RFNETS``, e.g. ``toy``); anything else as it is."""
     return TRAINED_RFNETS.get(path_or_preset, path_or_preset)

@@ -170,6 +170,22 @@ def test_load_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
         rfnet.load(str(tmp_path))
 
 
+def test_set_threshold_changes_only_the_stored_threshold(tmp_path):
+    from rfnet.checkpoint import read_meta, save, set_threshold, threshold_of
+
+    model, _ = rfnet.load("tiny")
+    save(model, str(tmp_path), threshold=0.5)
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    config = read_meta(str(tmp_path))["rfnet"]
+    set_threshold(str(tmp_path), 0.83)
+    assert threshold_of(str(tmp_path)) == 0.83
+    assert rfnet.Scorer(str(tmp_path), device="cpu").threshold == 0.83
+    assert (tmp_path / "model.safetensors").read_bytes() == weights and read_meta(str(tmp_path))["rfnet"] == config
+    with pytest.raises(ValueError, match="threshold must be in"):
+        set_threshold(str(tmp_path), 1.5)
+    assert threshold_of(str(tmp_path)) == 0.83
+
+
 def test_scorer_matches_model_in_eval_mode():
     scorer = rfnet.Scorer("tiny", device="cpu")
     product, generated, captions = _inputs()
