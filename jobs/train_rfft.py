@@ -9,8 +9,8 @@ Writes under OUT:
 - ``controlnet/``: the fine-tuned ControlNet as a diffusers folder (``adloop refresh --controlnet
   OUT/controlnet`` loads it unchanged);
 - ``train.jsonl`` (one line per optimizer step: loss, feedback, regulariser, reward, grad norm) and
-  ``eval.jsonl`` (held-out available rate, attempts, diversity at step 0, every ``eval_every`` steps and
-  at the end); ``summary.json`` (before/after); ``config.json`` (the resolved RFFTConfig);
+  ``eval.jsonl`` (held-out available rate, attempts, diversity, and the inspector's available rate on the
+  same images, at step 0, every ``eval_every`` steps and at the end); ``summary.json`` (before/after); ``config.json`` (the resolved RFFTConfig);
 - ``ray/``: Ray Train's run folder with its checkpoints. Running the same command again with the same
   OUT resumes from the last checkpoint (Ray Train restores a run of the same name and storage path).
 """
@@ -140,10 +140,11 @@ def build_config(args: argparse.Namespace) -> RFFTConfig:
     return RFFTConfig.from_dict(fields)
 
 
-def _judge(checkpoint: str, threshold: float | None, depth: str, saliency: str, device):
-    from rfnet import Scorer
+def _judges(checkpoint: str, threshold: float | None, depth: str, saliency: str, device):
+    """RFNet, the judge, and the inspector beside it (the paper's Ava and Human Ava of the same images)."""
+    from rfft.evaluate import judges
 
-    return Scorer(checkpoint=checkpoint, device=str(device), threshold=threshold, depth=depth, saliency=saliency)
+    return judges(checkpoint, str(device), threshold, depth, saliency)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reward_factory = rewards.brightness_factory
     judge_factory = (
-        functools.partial(_judge, cfg.rfnet_checkpoint, cfg.threshold, cfg.depth, cfg.saliency)
+        functools.partial(_judges, cfg.rfnet_checkpoint, cfg.threshold, cfg.depth, cfg.saliency)
         if eval_products
         else None
     )

@@ -175,7 +175,8 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker entry point.
 
     ``config`` keys: ``cfg`` (an :class:`RFFTConfig`), ``reward_factory`` (``device -> reward_fn``),
-    ``judge_factory`` (``device -> rfnet.Scorer`` or ``None``: no evaluation), ``eval_products``
+    ``judge_factory`` (``device -> (rfnet.Scorer, inspector)``, as ``rfft.evaluate.judges`` returns them, or
+    ``None``: no evaluation), ``eval_products``
     (``rfft.evaluate.Product`` list), ``output_dir`` (where rank 0 appends ``train.jsonl``/``eval.jsonl``).
     """
     import ray.train
@@ -227,8 +228,10 @@ def train_loop_per_worker(config: dict) -> None:
     fingerprint = _fingerprint(frozen_modules)
     evaluator = None
     if rank == 0 and config.get("judge_factory") is not None and config.get("eval_products"):
-        judge = config["judge_factory"](device)
-        evaluator = Evaluator(config["eval_products"], cfg.generator, judge, cfg.eval_run_seed, cfg.eval_seeds)
+        judge, inspector = config["judge_factory"](device)
+        evaluator = Evaluator(
+            config["eval_products"], cfg.generator, judge, cfg.eval_run_seed, cfg.eval_seeds, inspector=inspector
+        )
     shard = ray.train.get_dataset_shard("train")
     trainable = sum(p.numel() for p in controlnet.parameters())
     if rank == 0:

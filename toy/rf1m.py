@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 def product_cutouts(n: int, seed: int, size: int) -> list[dict]:
-    """``n`` products of the synthetic world as catalog rows: ``sku_id``, PNG ``image_bytes``, ``caption``."""
+    """``n`` products of the synthetic world as catalog rows: ``sku_id``, PNG ``image_bytes``, ``caption``, and
+    ``unsuitable`` (the world drew the cutout damaged; a catalog would not know, a benchmark may leave it out)."""
     from PIL import Image
 
     from rfnet.synth import make_product
@@ -51,7 +52,14 @@ def product_cutouts(n: int, seed: int, size: int) -> list[dict]:
         rgba = cv2.resize(product.rgba, (size, size), interpolation=cv2.INTER_AREA)
         buf = io.BytesIO()
         Image.fromarray(np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8), "RGBA").save(buf, "PNG")
-        rows.append({"sku_id": f"p{pid:05d}", "image_bytes": buf.getvalue(), "caption": product.caption})
+        rows.append(
+            {
+                "sku_id": f"p{pid:05d}",
+                "image_bytes": buf.getvalue(),
+                "caption": product.caption,
+                "unsuitable": product.unsuitable,
+            }
+        )
     return rows
 
 
