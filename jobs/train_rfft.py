@@ -10,7 +10,8 @@ Writes under OUT:
   OUT/controlnet`` loads it unchanged);
 - ``train.jsonl`` (one line per optimizer step: loss, feedback, regulariser, reward, grad norm) and
   ``eval.jsonl`` (held-out available rate, attempts, diversity, and the inspector's available rate on the
-  same images, at step 0, every ``eval_every`` steps and at the end); ``summary.json`` (before/after); ``config.json`` (the resolved RFFTConfig);
+  same images, at step 0, every ``eval_every`` steps and at the end); ``summary.json`` (before/after);
+  ``config.json`` (the resolved RFFTConfig);
 - ``ray/``: Ray Train's run folder with its checkpoints. Running the same command again with the same
   OUT resumes from the last checkpoint (Ray Train restores a run of the same name and storage path).
 """
