@@ -25,16 +25,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def score_generated_set(
-    rfnet: str, data: str, depth: str = "toy", saliency: str = "toy", batch_size: int = 64
+    rfnet: str,
+    data: str,
+    depth: str = "toy",
+    saliency: str = "toy",
+    batch_size: int = 64,
+    target_precision: float | None = None,
 ) -> dict:
-    """AP on Available, accuracy, acceptance agreement and confusion of ``rfnet`` on the generated set ``data``."""
+    """AP on Available, accuracy, acceptance agreement and confusion of ``rfnet`` on the generated set ``data``;
+    with ``target_precision``, also the lowest threshold reaching it on Available (``calibrated_threshold``,
+    None when none does)."""
     import cv2
     import numpy as np
 
     from rfnet import Scorer
     from rfnet.config import LABELS
     from rfnet.data import read_rf1m
-    from rfnet.metrics import average_precision, confusion_matrix
+    from rfnet.metrics import average_precision, calibrate_threshold, confusion_matrix
 
     examples = read_rf1m(data)
     scorer = Scorer(rfnet, device="cpu", depth=depth, saliency=saliency)
@@ -51,6 +58,9 @@ def score_generated_set(
     probs, accepted = np.concatenate(probs), np.concatenate(accepted)
     labels = np.array([e.label for e in examples])
     inspector_ok = labels == 0
+    calibrated = {}
+    if target_precision is not None:
+        calibrated["calibrated_threshold"] = calibrate_threshold(probs[:, 0], inspector_ok, target_precision)
     return {
         "rfnet": rfnet, "data": data, "n": len(examples), "threshold": scorer.threshold,
         "inspector_available": int(inspector_ok.sum()),
@@ -59,7 +69,7 @@ def score_generated_set(
         "rfnet_accepted": int(accepted.sum()),
         "inspector_agrees_with_accepted": float(inspector_ok[accepted].mean()) if accepted.any() else float("nan"),
         "confusion": confusion_matrix(labels, probs.argmax(1)).tolist(), "labels": list(LABELS),
-        "p_available": probs[:, 0].tolist(),
+        **calibrated,
     }  # fmt: skip
 
 
@@ -75,21 +85,15 @@ def main() -> int:
     args = p.parse_args()
     if args.write_threshold and args.calibrate is None:
         p.error("--write-threshold needs --calibrate P")
-    out = score_generated_set(args.rfnet, args.data, args.depth, args.saliency)
+    out = score_generated_set(args.rfnet, args.data, args.depth, args.saliency, target_precision=args.calibrate)
     if args.calibrate is not None:
-        import numpy as np
-
-        from rfnet.checkpoint import set_threshold
-        from rfnet.data import read_rf1m
-        from rfnet.metrics import calibrate_threshold
-
-        available = np.array([e.label == 0 for e in read_rf1m(args.data)])
-        out["calibrated_threshold"] = calibrate_threshold(np.array(out["p_available"]), available, args.calibrate)
         if out["calibrated_threshold"] is None:
             raise SystemExit(f"no threshold reaches precision {args.calibrate} on Available in {args.data}")
         if args.write_threshold:
+            from rfnet.checkpoint import set_threshold
+
             set_threshold(args.rfnet, out["calibrated_threshold"])
-    print(json.dumps({k: v for k, v in out.items() if k != "p_available"}, indent=2))
+    print(json.dumps(out, indent=2))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)

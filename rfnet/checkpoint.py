@@ -19,6 +19,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
+from cluster.storage import write_bytes_atomic
 from rfnet.config import LABELS, PRESET_NAMES, TRAINED_RFNETS, RFNetConfig, preset
 from rfnet.model import RFNet
 from rfnet.preprocess import Preprocess, resolve_inputs
@@ -117,10 +118,7 @@ def set_threshold(folder: str, threshold: float) -> None:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     meta = read_meta(folder)
     meta["threshold"] = float(threshold)
-    path = os.path.join(folder, CONFIG_NAME)
-    with open(path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_bytes_atomic(os.path.join(folder, CONFIG_NAME), json.dumps(meta, indent=2).encode())
 
 
 def resolve(path_or_preset: str) -> str:
