@@ -20,6 +20,8 @@ the folders (DeepSpeed writes one optimizer shard per rank). Running ``fit`` aga
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -28,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -44,9 +47,21 @@ logger = logging.getLogger(__name__)
 
 
 SHARD_ROWS = 256
-"""Rows per Parquet shard of a split (``<output>/splits/<split>/``). One read-and-decode task takes one shard
-(decoded: 9 MB at 64 px; Ray Data splits blocks above 128 MB at the paper's 384 px). The training split's
-shards are read in a new order every epoch, so smaller shards mix more; at 256, RF1M makes about 4,000 files."""
+"""Rows per Parquet shard of a split (``<output>/splits/<split>/``), the unit one read task takes. The training
+split's shards are read in a new order every epoch, so smaller shards mix more; at 256, RF1M makes about 4,000
+files."""
+
+DECODED_BLOCK_ROWS = 64
+"""Rows per decode task and per decoded block (2.4 MB at 64 px, 85 MB at the paper's 384 px). A stream holds a
+roughly fixed number of blocks (queued, in flight, split to the workers, prefetched by them), so this sets its
+memory."""
+
+INGEST_BUFFER_BLOCKS = 8
+"""Decoded blocks a split's stream may queue in the object store ahead of training: a fixed budget, so the store
+does not grow with the dataset (Ray Data's default lets a stream fill half the store)."""
+
+DECODED_BYTES_PER_PIXEL = 3 + 4 + 1 + 1
+"""uint8 channels of one decoded example: generated RGB, product RGBA, depth, saliency."""
 
 
 def _decode(batch: dict[str, np.ndarray], size: int, estimators: dict | None = None) -> dict[str, np.ndarray]:
@@ -82,31 +97,56 @@ class _DecodeWithMaps:
         return _decode(batch, self.size, self.estimators)
 
 
+@contextlib.contextmanager
+def _ingest_context(image_size: int) -> Iterator[None]:
+    """Ray Data settings for the datasets built inside (each keeps a copy of the context it was built in); the
+    process's context is restored after, so other datasets of this process are unaffected."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.use_datasource_v2, ctx.target_max_block_size, ctx.execution_options
+    block_bytes = DECODED_BLOCK_ROWS * DECODED_BYTES_PER_PIXEL * image_size * image_size
+    # Ray 2.60's default Parquet reader (datasource V2) packs small files into one read task, so one task decoded
+    # a whole split into one block and the store grew with the dataset; the V1 reader makes a read task per file.
+    ctx.use_datasource_v2 = False
+    ctx.target_max_block_size = block_bytes
+    ctx.execution_options = copy.deepcopy(ctx.execution_options)
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=INGEST_BUFFER_BLOCKS * block_bytes
+    )
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2, ctx.target_max_block_size, ctx.execution_options = saved
+
+
 def _datasets(shards: dict[str, list[str]], cfg: TrainConfig) -> dict[str, Any]:
     """Each split as a stream: Ray Data reads its Parquet shards and decodes them in CPU tasks while the workers
-    train, again every epoch, so a decoded image lives only until its batch is used and memory does not grow
-    with the dataset. The training split is read in a new shard order every epoch (reseeded per execution,
-    reproducible from ``cfg.seed``); the workers' local shuffle buffer mixes rows across shards."""
+    train, again every epoch, so a decoded image lives only until its batch is used and the object store holds a
+    fixed number of decoded blocks whatever the dataset's size. The training split is read in a new shard order
+    every epoch (reseeded per execution, reproducible from ``cfg.seed``); the workers' local shuffle buffer mixes
+    rows across shards."""
     import ray
     from ray.data import FileShuffleConfig
 
     size = cfg.model.image_size
     task_cpus = min(1.0, cfg.data_cpus)
     out = {}
-    for name, files in shards.items():
-        shuffle = FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if name == "train" else None
-        ds = ray.data.read_parquet(files, shuffle=shuffle, num_cpus=task_cpus)
-        if cfg.maps == "compute":
-            ds = ds.map_batches(
-                _DecodeWithMaps, fn_constructor_args=(size, cfg.depth, cfg.saliency), batch_size=None,
-                batch_format="numpy", concurrency=1, num_cpus=task_cpus,
-            )  # fmt: skip
-        else:
-            # batch_size=None: a whole shard per call, so reading and decoding fuse into one task
-            ds = ds.map_batches(
-                _decode, fn_kwargs={"size": size}, batch_size=None, batch_format="numpy", num_cpus=task_cpus
+    with _ingest_context(size):
+        for name, files in shards.items():
+            shuffle = FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if name == "train" else None
+            ds = ray.data.read_parquet(files, shuffle=shuffle, num_cpus=task_cpus, override_num_blocks=len(files))
+            if cfg.maps == "compute":  # an actor, so the depth and saliency models load once
+                decode = {
+                    "fn": _DecodeWithMaps,
+                    "fn_constructor_args": (size, cfg.depth, cfg.saliency),
+                    "concurrency": 1,
+                }
+            else:
+                decode = {"fn": _decode, "fn_kwargs": {"size": size}}
+            out[name] = ds.map_batches(
+                **decode, batch_size=DECODED_BLOCK_ROWS, batch_format="numpy", num_cpus=task_cpus
             )
-        out[name] = ds
     return out
 
 
@@ -387,7 +427,8 @@ def _predict(model, prep, shard, cfg: TrainConfig, device) -> tuple[np.ndarray, 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
             logits = model(**_to_inputs(batch, prep, device))
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
-        labels.append(batch["label"])
+        # a copy: the batch's arrays are views of its block in the object store, and a kept view pins the block
+        labels.append(batch["label"].copy())
     local = (
         np.concatenate(probs) if probs else np.zeros((0, 6), np.float32),
         np.concatenate(labels) if labels else np.zeros(0, np.int64),

@@ -142,6 +142,29 @@ def test_deepspeed_zero2_two_workers(own_ray, data, tmp_path):
     assert len(shards) == 2
 
 
+def test_the_stream_decodes_in_small_blocks_whatever_the_shard_count(ray_local, data, tmp_path):
+    """Memory of the stream is set by its block size: many small shards must not be packed into one read task
+    that decodes a whole split into one block (Ray 2.60's default Parquet reader does that), and the settings
+    that prevent it stay with the training datasets, not with the process's other datasets."""
+    from ray.data import DataContext
+
+    from rfnet.data import read_rf1m, write_shards
+    from rfnet.train import DECODED_BLOCK_ROWS, _datasets
+
+    examples = read_rf1m(data)
+    files = write_shards(examples, str(tmp_path / "train"), rows_per_shard=8, seed=0)
+    before = DataContext.get_current()
+    settings = before.use_datasource_v2, before.target_max_block_size, before.execution_options.resource_limits
+    cfg = TrainConfig(data=[data], output=str(tmp_path / "out"), model=rfnet.RFNetConfig(image_size=32))
+    ds = _datasets({"train": files}, cfg)["train"]
+
+    after = DataContext.get_current()
+    assert (after.use_datasource_v2, after.target_max_block_size, after.execution_options.resource_limits) == settings
+    rows = [bundle.num_rows() for bundle in ds.iter_internal_ref_bundles()]
+    assert sum(rows) == len(examples) == 96
+    assert max(rows) <= DECODED_BLOCK_ROWS < len(examples)
+
+
 def test_a_cluster_without_a_cpu_for_decoding_is_refused(ray_local, data, tmp_path, capsys):
     import jobs.train_rfnet
 
