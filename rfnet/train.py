@@ -11,7 +11,7 @@ One file, read top to bottom (torchtune's recipe shape):
 - ``train_loop_per_worker(config)``: setup -> resume -> loop (train, evaluate, checkpoint) -> test.
 
 The schedule: cross-entropy over the six labels, AdamW (docs/paper.md §8, Q4), the lr divided by 10
-halfway. The paper's (docs/paper.md §3.3) is lr 1e-4 for 10 epochs; the default here, 1e-3 for 36, is what
+halfway. The paper's (docs/paper.md §3.3) is lr 1e-4 for 10 epochs; the default here, 1e-3 for 24, is what
 the from-scratch tiny preset needs to reach the quality target (``TrainConfig``). Checkpoints go through Ray Train every epoch: each
 worker saves into a temporary folder, all workers meet at a barrier, then all report; Ray Train merges
 the folders (DeepSpeed writes one optimizer shard per rank). Running ``fit`` again with the same
