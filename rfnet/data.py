@@ -34,6 +34,10 @@ from rfnet.config import LABELS
 _LABEL_INDEX = {name.lower().replace("_", " ").replace("-", " "): i for i, name in enumerate(LABELS)}
 
 
+DECODED_MODES = {"generated": "RGB", "product": "RGBA", "depth": "L", "saliency": "L"}
+"""PIL mode of each decoded image field; one uint8 channel per letter."""
+
+
 class DatasetError(ValueError):
     """One or more dataset entries are unusable; ``problems`` lists each with its file named."""
 
@@ -307,10 +311,9 @@ def decode_examples(rows: list[dict], size: int) -> dict[str, np.ndarray]:
     """
     problems: list[str] = []
     out: dict[str, list] = {"generated": [], "product": [], "depth": [], "saliency": []}
-    modes = {"generated": "RGB", "product": "RGBA", "depth": "L", "saliency": "L"}
     has_maps = {k: all(r.get(k) for r in rows) for k in ("depth", "saliency")}
     for r in rows:
-        for key, mode in modes.items():
+        for key, mode in DECODED_MODES.items():
             if key in has_maps and not has_maps[key]:
                 continue
             try:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from cluster.paths import checked_path
 from rfnet.config import MAP_PRESET_NAMES, PRESET_NAMES
+from rfnet.data import DECODED_MODES
 from rfnet.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,6 @@ memory."""
 INGEST_BUFFER_BLOCKS = 8
 """Decoded blocks a split's stream may queue in the object store ahead of training: a fixed budget, so the store
 does not grow with the dataset (Ray Data's default lets a stream fill half the store)."""
-
-DECODED_BYTES_PER_PIXEL = 3 + 4 + 1 + 1
-"""uint8 channels of one decoded example: generated RGB, product RGBA, depth, saliency."""
 
 
 def _decode(batch: dict[str, np.ndarray], size: int, estimators: dict | None = None) -> dict[str, np.ndarray]:
@@ -126,7 +124,8 @@ def _ingest_context(image_size: int) -> Iterator[None]:
         ctx.execution_options,
         ctx.custom_execution_callback_classes,
     )
-    block_bytes = DECODED_BLOCK_ROWS * DECODED_BYTES_PER_PIXEL * image_size * image_size
+    channels = sum(len(mode) for mode in DECODED_MODES.values())  # uint8 channels of one decoded example
+    block_bytes = DECODED_BLOCK_ROWS * channels * image_size * image_size
     # Ray 2.60's default Parquet reader (datasource V2) packs small files into one read task, so one task decoded
     # a whole split into one block and the store grew with the dataset; the V1 reader makes a read task per file.
     ctx.use_datasource_v2 = False
