@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import random
 import sqlite3
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from engine.refresh_stages import (
 from engine.report import write_report
 from engine.score import ScoreStage
 from engine.sources import SourceError, iter_records
+from engine.task_calls import apply_stage, on_pool
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +149,6 @@ class Tally:
         return self.fill_sum / self.fill_rows if self.fill_rows else None
 
 
-def _apply(batch: dict[str, np.ndarray], stage) -> dict[str, np.ndarray]:
-    return stage(batch)
-
-
 class GenerateCandidatesActor(GenerateCandidates):
     """A generation actor of the run's pool (``ModelPools``)."""
 
@@ -195,13 +191,6 @@ class ModelPools:
     def close(self) -> None:
         for actor in self.generators + self.scorers:
             ray.kill(actor)
-
-
-def _on_pool(batch: dict[str, np.ndarray], actors: list) -> dict[str, np.ndarray]:
-    """Run one batch on an actor of a pool. The actors hold the same model, so which one does not change
-    the result; a random one spreads the calls (at most two in flight per actor, see ``_round_dataset``)."""
-    actor = actors[random.randrange(len(actors))]
-    return ray.get(actor.run.remote(batch))
 
 
 def run_refresh(cfg: RefreshConfig) -> dict:
@@ -341,7 +330,7 @@ def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, pools: ModelP
     ds = ds.repartition(target_num_rows_per_block=rows_per_gen, strict=True)
     # 2. conditions (CPU tasks)
     ds = ds.map_batches(
-        _apply,
+        apply_stage,
         fn_kwargs={"stage": ConditionCandidates(cfg.conditioning, policy, m)},
         batch_size=rows_per_gen,
         num_cpus=plan.cpus_per_task,
@@ -350,7 +339,7 @@ def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, pools: ModelP
     # actor keep it busy while the next batch travels, without queueing a round's worth of batches on it.
     for actors, batch_rows in ((pools.generators, rows_per_gen), (pools.scorers, max(1, plan.score_batch_size // m))):
         ds = ds.map_batches(
-            _on_pool,
+            on_pool,
             fn_kwargs={"actors": actors},
             batch_size=batch_rows,
             num_cpus=plan.cpus_per_task,
@@ -358,7 +347,7 @@ def _round_dataset(cfg: RefreshConfig, plan, policy: PromptPolicy, pools: ModelP
         )
     # 5. decide + write (into the round attempt's staging folder; the driver commits)
     return ds.map_batches(
-        _apply, fn_kwargs={"stage": DecideAndWrite(ctx)}, batch_size=rows_per_gen, num_cpus=plan.cpus_per_task
+        apply_stage, fn_kwargs={"stage": DecideAndWrite(ctx)}, batch_size=rows_per_gen, num_cpus=plan.cpus_per_task
     )
 
 

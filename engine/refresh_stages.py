@@ -30,7 +30,6 @@ from engine.columns import encode_lists
 from engine.commit import staged_files
 from engine.conditioning import ProductImageError
 from engine.config import ConditioningConfig, GeneratorConfig
-from engine.generate import GenerateStage
 from engine.outputs import (
     CANDIDATE_SCHEMA,
     RESULT_SCHEMA,
@@ -41,7 +40,6 @@ from engine.outputs import (
 )
 from engine.paths import safe_name
 from engine.prepare import CONDITION_COLUMNS, MissingImageError, PromptPolicy, candidate_inputs, read_image_bytes
-from engine.torch_thread import TorchThread
 
 # Columns of a pending row (all scalars). A plan row from the input has attempts_done 0, best_p -1.
 PENDING_DEFAULTS = {
@@ -122,6 +120,11 @@ class GenerateCandidates:
     """The generation actor: loads the pipeline once, paints every candidate of every good row."""
 
     def __init__(self, cfg: GeneratorConfig, threads: int | None = None, gen_batch_size: int = 4):
+        # Imported here, not above: the round's CPU tasks import this module too, and only this actor
+        # needs torch and diffusers (engine/task_calls.py says what the import costs).
+        from engine.generate import GenerateStage
+        from engine.torch_thread import TorchThread
+
         self.torch = TorchThread(threads)
         self.stage = self.torch.run(GenerateStage, cfg)
         self.gen_batch_size = gen_batch_size

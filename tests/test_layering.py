@@ -83,12 +83,24 @@ def test_stage_modules_do_not_import_ray(relpath):
     assert "ray" not in _imported_top_levels(path), f"{relpath} imports ray"
 
 
-def test_the_scoring_stage_does_not_load_the_generator():
-    """Scoring actors import engine.score: it must not drag in diffusers (the generator) or ray."""
+# Module -> heavy modules importing it must not load. Scoring actors import engine.score, which must not drag in
+# diffusers (the generator) or ray. Every task worker of a refresh round imports engine.task_calls and
+# engine.refresh_stages (the functions and stage objects it runs): diffusers or torch there would cost each
+# new worker seconds of imports, again every round.
+LIGHT_IMPORTS = {
+    "engine.score": ("diffusers", "ray"),
+    "engine.refresh_stages": ("diffusers", "torch"),
+    "engine.task_calls": ("diffusers", "torch"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT_IMPORTS))
+def test_light_modules_do_not_load_heavy_ones(module):
     import subprocess
     import sys
 
-    probe = "import sys, engine.score; print(sorted(m for m in ('diffusers', 'ray') if m in sys.modules))"
+    heavy = LIGHT_IMPORTS[module]
+    probe = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", f"engine.score imports {done.stdout.strip()}"
+    assert done.stdout.strip() == "[]", f"{module} imports {done.stdout.strip()}"
