@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     opts.BATCH_SIZE.add(p, recipe_default=field_default(TrainConfig, "batch_size"))
     opts.LR.add(p, recipe_default=f"{field_default(TrainConfig, 'lr'):g}, before the drop")
     add(p, "--weight-decay", type=float, default=field_default(TrainConfig, "weight_decay"), help="AdamW weight decay")
+    add(
+        p,
+        "--hflip",
+        action="store_true",
+        help="mirror each training example left-right with probability 0.5 (all of its images together)",
+    )
     add(p, "--maps", default=field_default(TrainConfig, "maps"), choices=MAPS, help="depth/saliency source")
     opts.DEPTH.add(p)
     opts.SALIENCY.add(p)
@@ -103,7 +109,7 @@ def config_from_args(args: argparse.Namespace):
         model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         data_cpus=args.data_cpus,
-        use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, maps=args.maps, depth=args.depth,
+        use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, hflip=args.hflip, maps=args.maps, depth=args.depth,
         saliency=args.saliency, max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures,
         seed=args.seed, **{k: v for k, v in recipe.items() if v is not None},
     )  # fmt: skip

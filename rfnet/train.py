@@ -430,6 +430,19 @@ def _to_inputs(batch: dict[str, Any], prep, device: torch.device) -> dict[str, t
     )
 
 
+def mirror_some(inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``inputs`` (``Preprocess`` output) with a random half of the examples mirrored left-right: every
+    (B, C, H, W) image of an example flips together, so that the images still line up; tokens stay."""
+    images = [k for k, v in inputs.items() if v.ndim == 4]
+    if not images:
+        return inputs
+    flip = torch.rand(len(inputs[images[0]]), generator=generator) < 0.5
+    out = dict(inputs)
+    for k in images:
+        out[k] = torch.where(flip.view(-1, 1, 1, 1).to(inputs[k].device), inputs[k].flip(-1), inputs[k])
+    return out
+
+
 def _collate():
     from ray.data.collate_fn import NumpyBatchCollateFn
 
@@ -545,6 +558,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # --- loop
     threshold = 0.5
+    flips = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each rank mirrors its own examples
     for epoch in range(start_epoch, cfg.epochs):
         lr = cfg.lr * (0.1 if epoch >= cfg.lr_drop_epoch else 1.0)
         for group in optimizer.param_groups:
@@ -562,6 +576,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
                 break
             inputs = _to_inputs(batch, prep, device)
+            if cfg.hflip:
+                inputs = mirror_some(inputs, flips)
             labels = torch.tensor(batch["label"], device=device)
             with torch.autocast(
                 device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16" and cfg.strategy == "ddp"

@@ -59,6 +59,10 @@ class TrainConfig:
     """Epoch (0-based) from which the lr is divided by 10; ``None`` = ``epochs // 2`` (paper: 5 of 10)."""
     weight_decay: float = 0.05
     """AdamW weight decay."""
+    hflip: bool = False
+    """Mirror each training example left-right with probability 0.5, all its images together (product,
+    generated image, depth, saliency; the caption is unchanged). No defect of the paper's or the synthetic
+    world's depends on left and right, so this doubles the examples a small set offers."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 disables)."""
     val_fraction: float = 0.1

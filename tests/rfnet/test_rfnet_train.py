@@ -132,7 +132,9 @@ def test_init_from_starts_from_the_checkpoint_and_calibrates_its_own_threshold(r
 def test_deepspeed_zero2_two_workers(own_ray, data, tmp_path):
     from jobs.train_rfnet import _parser, config_from_args
 
-    cfg = config_from_args(_parser().parse_args(_args(data, str(tmp_path / "ds"), "--strategy", "deepspeed")))
+    args = _args(data, str(tmp_path / "ds"), "--strategy", "deepspeed", "--hflip")
+    cfg = config_from_args(_parser().parse_args(args))
+    assert cfg.hflip
     cfg.epochs, cfg.zero_stage = 1, 2
     metrics = fit(cfg)
     _check_outputs(cfg.output, metrics)
@@ -140,6 +142,21 @@ def test_deepspeed_zero2_two_workers(own_ray, data, tmp_path):
     # one ZeRO optimizer shard per worker, merged into one Ray Train checkpoint
     shards = glob.glob(os.path.join(checkpoint, "deepspeed", "last", "zero_pp_rank_*_optim_states.pt"))
     assert len(shards) == 2
+
+
+def test_mirroring_flips_all_images_of_an_example_together():
+    from rfnet.train import mirror_some
+
+    b, s = 64, 8
+    images = {k: torch.rand(b, 3, s, s) for k in ("product", "generated", "depth", "saliency")}
+    tokens = torch.randint(0, 100, (b, 12))
+    out = mirror_some({**images, "input_ids": tokens}, torch.Generator().manual_seed(0))
+    flipped = [bool(torch.equal(out["generated"][i], images["generated"][i].flip(-1))) for i in range(b)]
+    assert 0 < sum(flipped) < b  # some of the batch, not all or none
+    for k, x in images.items():
+        for i in range(b):
+            assert torch.equal(out[k][i], x[i].flip(-1) if flipped[i] else x[i]), (k, i)
+    assert torch.equal(out["input_ids"], tokens)
 
 
 def test_the_stream_decodes_in_small_blocks_whatever_the_shard_count(ray_local, data, tmp_path):
