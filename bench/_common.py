@@ -31,11 +31,14 @@ def sample_batch(size: int, n: int, prompt: str = "product on a desk") -> dict[s
     return stack_rows(rows)
 
 
-def write_manifest(path: Path, n: int) -> Path:
-    """``n`` SKUs with distinct ids cycling over the bundled sample cutouts."""
+def write_manifest(path: Path, n: int, repeats: int = 1) -> Path:
+    """``n`` SKUs with distinct ids cycling over the bundled sample cutouts; with ``repeats`` > 1 each product
+    appears that many times under ids of its own (a plain loop then generates it that many times)."""
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"sku_id": f"sku-{i:07d}", "image_uri": str(SAMPLES[i % len(SAMPLES)])}) + "\n")
+            for r in range(repeats):
+                sku = f"sku-{i:07d}" if repeats == 1 else f"sku-{i:07d}-{r}"
+                f.write(json.dumps({"sku_id": sku, "image_uri": str(SAMPLES[i % len(SAMPLES)])}) + "\n")
     return path
 
 
