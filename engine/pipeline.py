@@ -51,18 +51,17 @@ from engine.commit import RoundLedger, iter_stats
 from engine.config import GeneratorConfig, RefreshConfig, ScorerConfig
 from engine.models import checked_paths, describe
 from engine.outputs import complete_parts, iter_column_batches, summarise, write_parquet_atomic, write_summary
+from engine.pool_actors import GenerateCandidatesActor, ScoreStageActor
 from engine.prepare import PromptPolicy
 from engine.prompts import load_prompt_config
 from engine.refresh_stages import (
     PENDING_DEFAULTS,
     ConditionCandidates,
     DecideAndWrite,
-    GenerateCandidates,
     WriteContext,
     pending_schema,
 )
 from engine.report import write_report
-from engine.score import ScoreStage
 from engine.sources import SourceError, iter_records
 from engine.task_calls import apply_stage, on_pool
 
@@ -147,20 +146,6 @@ class Tally:
 
     def mean_fill(self) -> float | None:
         return self.fill_sum / self.fill_rows if self.fill_rows else None
-
-
-class GenerateCandidatesActor(GenerateCandidates):
-    """A generation actor of the run's pool (``ModelPools``)."""
-
-    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self(batch)
-
-
-class ScoreStageActor(ScoreStage):
-    """A scoring actor of the run's pool (``ModelPools``)."""
-
-    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self(batch)
 
 
 class ModelPools:
