@@ -31,6 +31,15 @@ def sample_batch(size: int, n: int, prompt: str = "product on a desk") -> dict[s
     return stack_rows(rows)
 
 
+def example_images(example) -> tuple[np.ndarray, np.ndarray]:
+    """An RF1M example's generated image (H, W, 3) and laid-out cutout (H, W, 4), uint8 RGB(A) as stored."""
+    import cv2
+
+    image = cv2.imread(example.generated)[..., ::-1]
+    cutout = cv2.cvtColor(cv2.imread(example.product, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+    return image, cutout
+
+
 def write_manifest(path: Path, n: int, repeats: int = 1) -> Path:
     """``n`` SKUs with distinct ids cycling over the bundled sample cutouts; with ``repeats`` > 1 each product
     appears that many times under ids of its own (a plain loop then generates it that many times)."""

@@ -18,6 +18,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import example_images  # noqa: E402
 
 
 def main() -> int:
@@ -28,7 +30,6 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    import cv2
     import numpy as np
 
     from rfnet.data import read_rf1m
@@ -38,8 +39,8 @@ def main() -> int:
     inspector, rng = Inspector(), np.random.default_rng(args.seed)
     available, soft = [], []
     for e in read_rf1m(args.data):
-        image = cv2.imread(e.generated)[..., ::-1].astype(np.float32)
-        cutout = cv2.cvtColor(cv2.imread(e.product, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+        image, cutout = example_images(e)
+        image = image.astype(np.float32)
         votes = []
         for _ in range(args.copies):
             noisy = np.clip(image + rng.normal(0.0, args.sigma, image.shape), 0, 255).astype(np.uint8)

@@ -22,6 +22,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import example_images  # noqa: E402
 
 
 def score_generated_set(
@@ -35,7 +37,6 @@ def score_generated_set(
     """AP on Available, accuracy, acceptance agreement and confusion of ``rfnet`` on the generated set ``data``;
     with ``target_precision``, also the lowest threshold reaching it on Available (``calibrated_threshold``,
     None when none does)."""
-    import cv2
     import numpy as np
 
     from rfnet import Scorer
@@ -48,10 +49,8 @@ def score_generated_set(
     probs, accepted = [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        images = np.stack([cv2.imread(e.generated)[..., ::-1] for e in chunk])
-        cutouts = np.stack(
-            [cv2.cvtColor(cv2.imread(e.product, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA) for e in chunk]
-        )
+        pairs = [example_images(e) for e in chunk]
+        images, cutouts = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
         result = scorer.score(cutouts, images, [e.caption for e in chunk])
         probs.append(result.probabilities)
         accepted.append(result.accepted)
