@@ -109,8 +109,8 @@ def config_from_args(args: argparse.Namespace):
         model=model.replace(**changes), strategy=args.strategy,
         zero_stage=args.zero_stage, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         data_cpus=args.data_cpus,
-        use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, hflip=args.hflip, maps=args.maps, depth=args.depth,
-        saliency=args.saliency, max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures,
+        use_gpu=args.gpu, dtype=args.dtype, weight_decay=args.weight_decay, hflip=args.hflip, maps=args.maps,
+        depth=args.depth, saliency=args.saliency, max_steps_per_epoch=args.max_steps_per_epoch, max_failures=args.max_failures,
         seed=args.seed, **{k: v for k, v in recipe.items() if v is not None},
     )  # fmt: skip
 

@@ -84,10 +84,10 @@ def test_stage_modules_do_not_import_ray(relpath):
     assert "ray" not in _imported_top_levels(path), f"{relpath} imports ray"
 
 
-# Module -> heavy modules importing it must not load. Scoring actors import engine.score and engine.pool_actors,
-# which must not drag in diffusers (the generator) or ray. Every task worker of a refresh round imports engine.task_calls and
-# engine.refresh_stages (the functions and stage objects it runs): diffusers or torch there would cost each
-# new worker seconds of imports, again every round.
+# Module -> heavy modules importing it must not load. Scoring actors import engine.score and
+# engine.pool_actors, which must not drag in diffusers (the generator) or ray. Every task worker of a refresh
+# round imports engine.task_calls and engine.refresh_stages (the functions and stage objects it runs):
+# diffusers or torch there would cost each new worker seconds of imports, again every round.
 LIGHT_IMPORTS = {
     "engine.score": ("diffusers", "ray"),
     "engine.refresh_stages": ("diffusers", "torch"),
