@@ -14,8 +14,6 @@ and every path is checked up front so a wrong one fails with an error naming it.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import tempfile
@@ -34,18 +32,23 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from cluster.devices import resolve_device, resolve_dtype
-from cluster.paths import ModelPathError, checked_path
+from cluster.paths import ModelPathError
 from engine.config import GeneratorConfig
+from engine.model_paths import (
+    CONFIG_DIR,
+    NEEDS_CONTROLNET,
+    PRESETS,
+    check_base,
+    check_controlnet,
+    own_controlnet,
+    require_dir_with,
+    require_file,
+    resolve_base,
+)
 from engine.tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "sd15")
-"""Random-weight presets, built from configs in code."""
-TOY_GENERATOR = Path(__file__).parent / "assets" / "toy" / "generator"
-"""The ``toy`` preset: the shipped pipeline folder ``adloop train-generator`` trained on the synthetic world."""
-FOLDER_PRESETS = {"toy": TOY_GENERATOR}
-"""Presets that are shipped folders; they load exactly like a user's diffusers folder."""
 
 # SD 1.5's noise schedule; every scheduler below starts from it.
 _SD15_SCHEDULE = {
@@ -151,100 +154,8 @@ def _preset_components(name: str) -> dict:
     return {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
 
 
-# --- checking local paths --------------------------------------------------------------------------
-
-
-def _require_dir_with(path: str, filename: str, what: str) -> Path:
-    return Path(checked_path(path, what, inside=filename))
-
-
-def _require_file(path: str, suffixes: tuple[str, ...], what: str) -> Path:
-    return Path(checked_path(path, what, suffixes=suffixes))
-
-
-def _check_controlnet(path: str) -> Path:
-    folder = _require_dir_with(path, "config.json", "ControlNet folder")
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("_class_name") != "ControlNetModel":
-        raise ModelPathError(
-            f"{folder} is not a ControlNet folder: config.json has _class_name {config.get('_class_name')!r}"
-        )
-    return folder
-
-
-def _check_base(path: str) -> Path:
-    """A complete diffusers folder, or a single-file ``.safetensors`` checkpoint."""
-    p = Path(path).expanduser()
-    if p.is_dir() or not p.suffix:
-        folder = _require_dir_with(path, "model_index.json", "diffusers base-model folder")
-        _check_components(folder)
-        return folder
-    return _require_file(path, (".safetensors",), "single-file SD 1.5 checkpoint")
-
-
-def _check_components(folder: Path) -> None:
-    """Every component ``model_index.json`` lists must have its folder with a config inside."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelPathError(f"{folder}/model_index.json is not valid JSON ({err})") from None
-    for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
-            continue
-        sub = folder / name
-        if not sub.is_dir() or not any(sub.glob("*.json")):
-            raise ModelPathError(
-                f"{folder} is not a complete diffusers pipeline: component {name!r} ({entry[-1]}) is listed in "
-                f"model_index.json but {sub} has no config"
-            )
-
-
-def _own_controlnet(base: str) -> bool:
-    """Whether a base-model folder carries its own ControlNet (a saved ControlNet pipeline, like ``toy``)."""
-    index = Path(base).expanduser() / "model_index.json"
-    return index.is_file() and isinstance(json.loads(index.read_text()).get("controlnet"), list)
-
-
-def resolve_base(name: str) -> str:
-    """A folder preset's path, or ``name`` unchanged."""
-    return str(FOLDER_PRESETS[name]) if name in FOLDER_PRESETS else name
-
-
-def checked_paths(cfg: GeneratorConfig) -> GeneratorConfig:
-    """``cfg`` with every local path checked (without loading any weights) and made absolute.
-
-    Jobs call this where they start: a wrong path then fails at once, named, instead of in every actor
-    that tries to load it; and an absolute path names the same files in workers whose working directory
-    is not the job's (Ray Train's is not).
-
-    Raises:
-        ModelPathError: as ``build_pipeline`` would.
-    """
-    changes: dict[str, str] = {}
-    if cfg.controlnet:
-        changes["controlnet"] = str(_check_controlnet(cfg.controlnet))
-    if cfg.base_model not in PRESETS:
-        base = _check_base(resolve_base(cfg.base_model))
-        if not cfg.controlnet and not _own_controlnet(str(base)):
-            raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
-        if cfg.base_model not in FOLDER_PRESETS:  # a preset keeps its name (the model id in manifests)
-            changes["base_model"] = str(base)
-    if cfg.base_config:
-        changes["base_config"] = str(_require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR))
-    if cfg.lora:
-        changes["lora"] = str(_require_file(cfg.lora, (".safetensors",), "LoRA file"))
-    return dataclasses.replace(cfg, **changes)
-
-
-_NEEDS_CONTROLNET = (
-    "base model {} needs a ControlNet folder (--controlnet): it has no controlnet/ of its own, as presets and "
-    "saved ControlNet pipelines do"
-)
-_CONFIG_DIR = "diffusers SD 1.5 config folder"
-
-
 def _load_controlnet(path: str) -> ControlNetModel:
-    return ControlNetModel.from_pretrained(_check_controlnet(path), local_files_only=True)
+    return ControlNetModel.from_pretrained(check_controlnet(path), local_files_only=True)
 
 
 def _write_sd15_config_folder(root: Path) -> Path:
@@ -317,7 +228,7 @@ def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipe
         pipe = _load_base(cfg, controlnet, common)
     pipe.scheduler = make_scheduler(cfg.scheduler, dict(pipe.scheduler.config))
     if cfg.lora:
-        lora = _require_file(cfg.lora, (".safetensors",), "LoRA file")
+        lora = require_file(cfg.lora, (".safetensors",), "LoRA file")
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="lora")
         pipe.fuse_lora(lora_scale=cfg.lora_scale)
         pipe.unload_lora_weights()  # keep the fused weights, drop the adapter layers
@@ -329,15 +240,15 @@ def build_pipeline(cfg: GeneratorConfig) -> StableDiffusionControlNetInpaintPipe
 
 
 def _load_base(cfg: GeneratorConfig, controlnet: ControlNetModel | None, common: dict):
-    base = _check_base(resolve_base(cfg.base_model))
-    if controlnet is None and not _own_controlnet(str(base)):
-        raise ModelPathError(_NEEDS_CONTROLNET.format(cfg.base_model))
+    base = check_base(resolve_base(cfg.base_model))
+    if controlnet is None and not own_controlnet(str(base)):
+        raise ModelPathError(NEEDS_CONTROLNET.format(cfg.base_model))
     if base.is_dir():
         own = {} if controlnet is None else {"controlnet": controlnet}
         return StableDiffusionControlNetInpaintPipeline.from_pretrained(base, local_files_only=True, **own, **common)
     checkpoint = base
     if cfg.base_config:
-        config_dir = _require_dir_with(cfg.base_config, "model_index.json", _CONFIG_DIR)
+        config_dir = require_dir_with(cfg.base_config, "model_index.json", CONFIG_DIR)
         return _from_single_file(checkpoint, config_dir, controlnet, common)
     logger.warning(
         "no --base-config given: %s gets the project's offline tokenizer, not CLIP's vocabulary", checkpoint
@@ -355,33 +266,5 @@ def _from_single_file(checkpoint: Path, config_dir: Path, controlnet, common: di
         raise ModelPathError(f"{checkpoint} could not be read as an SD 1.5 single-file checkpoint: {err}") from err
 
 
-def model_id(path_or_preset: str | None) -> str:
-    """A short, stable identifier of a model for output manifests: the preset name, or the path's
-    name plus a hash of its config files and weight-file sizes (cheap, and changes when they do)."""
-    if path_or_preset is None:
-        return "preset"
-    if path_or_preset in PRESETS or path_or_preset in FOLDER_PRESETS:
-        return path_or_preset
-    p = Path(path_or_preset).expanduser()
-    digest = hashlib.sha1(str(p.resolve()).encode())
-    files = sorted(p.rglob("*")) if p.is_dir() else [p]
-    for f in files:
-        if f.is_file():
-            digest.update(f.name.encode())
-            digest.update(str(f.stat().st_size).encode())
-            if f.suffix == ".json":
-                digest.update(f.read_bytes())
-    return f"{p.name}@{digest.hexdigest()[:8]}"
-
-
 def vae_scale_factor(pipe) -> int:
     return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-
-
-def describe(cfg: GeneratorConfig) -> dict[str, str]:
-    """Model identifiers recorded next to every generated image."""
-    return {
-        "base_model": model_id(cfg.base_model),
-        "controlnet": model_id(cfg.controlnet) if cfg.controlnet else f"{model_id(cfg.base_model)}-controlnet",
-        "lora": f"{model_id(cfg.lora)}x{cfg.lora_scale:g}" if cfg.lora else "",
-    }

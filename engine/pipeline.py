@@ -49,7 +49,7 @@ from cluster.resources import PoolPlan, plan_pools
 from cluster.storage import absolute, filesystem, join
 from engine.commit import RoundLedger, iter_stats
 from engine.config import GeneratorConfig, RefreshConfig, ScorerConfig
-from engine.models import checked_paths, describe
+from engine.model_paths import checked_paths, describe
 from engine.outputs import complete_parts, iter_column_batches, summarise, write_parquet_atomic, write_summary
 from engine.pool_actors import GenerateCandidatesActor, ScoreStageActor
 from engine.prepare import PromptPolicy

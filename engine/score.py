@@ -33,9 +33,9 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
         ModelPathError: a name that is neither a preset nor a folder holding that model (nor, for saliency, a
             ``.pth`` file).
     """
-    from rfnet.checkpoint import CONFIG_NAME, read_meta
-
     if rfnet not in (*PRESET_NAMES, *TRAINED_RFNETS, INSPECTOR) and not rfnet.startswith(FIXED_RATE_PREFIX):
+        from rfnet.checkpoint import CONFIG_NAME, read_meta  # here: it imports torch, which presets never need
+
         try:
             read_meta(rfnet)  # config.json, the weights file and the label set: its error names all three
         except FileNotFoundError as err:

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 
@@ -22,6 +20,8 @@ class TorchThread:
     def __init__(self, threads: int | None = None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adloop-torch")
         if threads:
+            import torch  # here, not at the top: the refresh's driver imports this module but runs no torch
+
             # Ray pins OMP_NUM_THREADS to the actor's CPU reservation; a CPU generator should use the
             # cores it was planned for.
             self.run(torch.set_num_threads, threads)

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.conditioning import ProductImageError
     from engine.generate import GenerateStage
-    from engine.models import describe
+    from engine.model_paths import describe
     from engine.paths import safe_name
     from engine.prepare import MissingImageError, PromptPolicy, condition_row, read_image_bytes, stack_rows
     from engine.prompts import load_prompt_config

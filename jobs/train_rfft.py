@@ -100,7 +100,7 @@ def _old_steps_spelling(args: argparse.Namespace, argv: list[str]) -> argparse.N
 
 
 def build_config(args: argparse.Namespace) -> RFFTConfig:
-    from engine.models import checked_paths
+    from engine.model_paths import checked_paths
     from engine.score import checked_scorer_paths
 
     fields: dict = {
@@ -151,7 +151,7 @@ def _judges(checkpoint: str, threshold: float | None, depth: str, saliency: str,
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from engine.models import ModelPathError
+    from cluster.paths import ModelPathError
 
     try:
         cfg = build_config(args)

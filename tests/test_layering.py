@@ -31,6 +31,7 @@ FORBIDDEN = {
 RAY_FREE = [
     "engine/conditioning.py",
     "engine/models.py",
+    "engine/model_paths.py",
     "engine/generate.py",
     "engine/prepare.py",
     "engine/refresh_stages.py",
@@ -87,8 +88,10 @@ def test_stage_modules_do_not_import_ray(relpath):
 # Module -> heavy modules importing it must not load. Scoring actors import engine.score and
 # engine.pool_actors, which must not drag in diffusers (the generator) or ray. Every task worker of a refresh
 # round imports engine.task_calls and engine.refresh_stages (the functions and stage objects it runs):
-# diffusers or torch there would cost each new worker seconds of imports, again every round.
+# diffusers or torch there would cost each new worker seconds of imports, again every round. The refresh's
+# driver (engine.pipeline) checks model paths and starts the pools but runs no model: it imports neither.
 LIGHT_IMPORTS = {
+    "engine.pipeline": ("diffusers", "torch"),
     "engine.score": ("diffusers", "ray"),
     "engine.refresh_stages": ("diffusers", "torch"),
     "engine.task_calls": ("diffusers", "torch"),

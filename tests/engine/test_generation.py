@@ -11,7 +11,8 @@ import torch
 from engine.conditioning import build_condition, decode_product, layout
 from engine.config import ConditioningConfig, GeneratorConfig, normalise_scheduler
 from engine.generate import GenerateStage
-from engine.models import ModelPathError, build_pipeline, checked_paths, model_id
+from engine.model_paths import checked_paths, model_id
+from engine.models import ModelPathError, build_pipeline
 from engine.prepare import stack_rows
 from engine.samples import SAMPLES_DIR
 

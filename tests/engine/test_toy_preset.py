@@ -10,7 +10,7 @@ import pytest
 
 from engine.config import ConditioningConfig, GeneratorConfig
 from engine.generate import GenerateStage
-from engine.models import TOY_GENERATOR, checked_paths, describe
+from engine.model_paths import TOY_GENERATOR, checked_paths, describe
 from engine.prepare import PromptPolicy, condition_row, stack_rows
 
 SAMPLES = Path(__file__).resolve().parents[2] / "engine" / "assets" / "samples"
