@@ -203,6 +203,11 @@ def run_refresh(cfg: RefreshConfig) -> dict:
     # needs every batch to hold the same rows in every run. Ray Data bundles blocks into batches in the
     # order they arrive; in order, a round's short last block can only ever end the last batch.
     context.execution_options.preserve_order = True
+    # Each round reads its staged input with read_parquet. Through Ray Data's DataSourceV2 path (Ray 2.60's
+    # default) that execution starts with a ListFiles task that took 2.5-4 s of wall time here (0.1 s of CPU)
+    # even for one small local file; the classic path reads the same file in 0.25 s. Measured in
+    # docs/benchmarks.md ("the cost of a retry round"): it was most of what a round cost.
+    context.use_datasource_v2 = False
     logger.info("pools: %s", plan)
 
     threads = generator_threads(plan, ray.cluster_resources().get("CPU", 1))
