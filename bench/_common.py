@@ -51,19 +51,30 @@ def write_manifest(path: Path, n: int, repeats: int = 1) -> Path:
     return path
 
 
-def run_measured(cmd: list[str], poll_s: float = 0.1) -> dict:
-    """Run a command; return its wall time and the peak RSS of that process alone (not its children)."""
+def run_measured(cmd: list[str], poll_s: float = 0.1, cpu_poll_s: float = 1.0) -> dict:
+    """Run a command; return its wall time, the peak RSS of that process alone (not its children), and the
+    CPU seconds of it and of every process under it (Ray's daemons and workers), split into the driver,
+    the generation actor(s) and the rest.
+
+    CPU times are read every ``cpu_poll_s``; a process that ends between two reads loses at most that much
+    of its time, which is small against runs of minutes (and Ray keeps its workers for the whole run).
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
+    cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the latest read)
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
-        p = psutil.Process(proc.pid)
+        driver = psutil.Process(proc.pid)
+        next_cpu = 0.0
         while not stop.is_set():
             try:
-                peak = max(peak, p.memory_info().rss)
+                peak = max(peak, driver.memory_info().rss)
+                if time.perf_counter() >= next_cpu:
+                    next_cpu = time.perf_counter() + cpu_poll_s
+                    _read_cpu(driver, cpu)
             except psutil.Error:
                 return
             time.sleep(poll_s)
@@ -76,4 +87,21 @@ def run_measured(cmd: list[str], poll_s: float = 0.1) -> dict:
     if proc.returncode != 0:
         sys.stderr.write(err[-4000:])
         raise RuntimeError(f"{cmd[:4]} failed with {proc.returncode}")
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 2**20, "stdout": out}
+    by_role = {"driver": 0.0, "generation_actor": 0.0, "other": 0.0}
+    for role, seconds in cpu.values():
+        by_role[role] += seconds
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 2**20, "cpu_seconds": by_role, "stdout": out}
+
+
+def _read_cpu(driver: psutil.Process, cpu: dict[int, tuple[str, float]]) -> None:
+    """Record the CPU seconds so far of ``driver`` and of each process under it, by role."""
+    for p in [driver, *driver.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            title = " ".join(p.cmdline()[:1])
+        except psutil.Error:  # ended meanwhile: its last read stands
+            continue
+        role = (
+            "driver" if p.pid == driver.pid else "generation_actor" if "GenerateCandidatesActor" in title else "other"
+        )
+        cpu[p.pid] = (role, times.user + times.system)

@@ -1,10 +1,22 @@
-"""Driver memory and time per SKU of the refresh at two catalog sizes (a cheap setting).
+"""Driver memory and time per SKU of the refresh as the catalog grows (the cheapest setting), and the
+framework's own ceiling.
 
 Memory must stay flat as the catalog grows (the driver streams the input and only counts), and time
 must grow linearly. Each size runs `adloop refresh` as its own process; the driver's peak RSS is
 sampled from outside (Ray's worker processes are not counted: they are not the driver).
 
-    python bench/refresh_scale.py --sizes 1000 10000
+The ceiling, what the framework alone could serve if the generator cost nothing, estimated two ways
+from a straight line through the sizes (slopes, so start-up drops out):
+
+- by time: t = a + b n gives b, the marginal seconds per SKU. The generator's share g is the time the
+  generation actor spent in the pipeline call (the results' ``gen_seconds``); the rest of the framework
+  then costs b - g per SKU, a ceiling of 1 / (b - g) SKUs/s. It assumes the generator's seconds would
+  vanish from the wall time.
+- by CPU: the CPU seconds of every process of the run but the generation actor (the driver, Ray's
+  daemons, the task workers, the scoring actor), per SKU, is c; on this machine's cores the framework
+  can do at most cores / c SKUs/s. It assumes the framework's work spreads over every core.
+
+    python bench/refresh_scale.py --sizes 1000 10000 100000
 """
 
 from __future__ import annotations
@@ -15,13 +27,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_measured, write_manifest  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--size", type=int, default=32, help="canvas px (cheap)")
     p.add_argument("--steps", type=int, default=1)
     args = p.parse_args()
@@ -53,22 +69,39 @@ def main() -> None:
             )
             summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
             assert summary["skus"] == n
+            gen_seconds = pq.read_table(Path(tmp) / "out" / "results", columns=["gen_seconds"]).column(0)
             rows.append(
                 {
                     "skus": n,
                     "seconds": run["seconds"],
                     "seconds_per_sku": run["seconds"] / n,
+                    "generator_seconds_per_sku": float(np.sum(gen_seconds)) / n,
                     "driver_peak_rss_mb": run["peak_rss_mb"],
+                    "cpu_seconds": run["cpu_seconds"],
                 }
             )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # a long series shows its progress
+    sizes = np.array([r["skus"] for r in rows], float)
+    b, a = np.polyfit(sizes, [r["seconds"] for r in rows], 1)
+    g = rows[-1]["generator_seconds_per_sku"]
+    framework_cpu = [r["cpu_seconds"]["driver"] + r["cpu_seconds"]["other"] for r in rows]
+    c = np.polyfit(sizes, framework_cpu, 1)[0]
+    cores = psutil.cpu_count()
     first, last = rows[0], rows[-1]
     print(
         json.dumps(
             {
                 "runs": rows,
+                "fit_startup_seconds": a,
+                "fit_seconds_per_sku": b,
+                "framework_seconds_per_sku": b - g,
+                "framework_ceiling_skus_per_second_by_time": 1 / (b - g),
+                "framework_cpu_seconds_per_sku": c,
+                "cores": cores,
+                "framework_ceiling_skus_per_second_by_cpu": cores / c,
                 "time_ratio": last["seconds"] / first["seconds"],
                 "size_ratio": last["skus"] / first["skus"],
-                "memory_ratio": last["driver_peak_rss_mb"] / first["driver_peak_rss_mb"],
+                "memory_ratio_last_over_previous": last["driver_peak_rss_mb"] / rows[-2]["driver_peak_rss_mb"],
             },
             indent=2,
         )
