@@ -9,7 +9,8 @@
   ControlNet folder, and an optional LoRA file fused at a given scale.
 
 Nothing here ever downloads: presets are built from configs in code with the project's own tokenizer,
-and every path is checked up front so a wrong one fails with an error naming it.
+and every path is checked up front (``engine/model_paths.py``, which a job's driver uses without importing
+this module) so a wrong one fails with an error naming it.
 """
 
 from __future__ import annotations
