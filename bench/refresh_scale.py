@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32, help="canvas px (cheap)")
     p.add_argument("--steps", type=int, default=1)
     args = p.parse_args()
+    if len(args.sizes) < 2:
+        p.error("--sizes needs at least two sizes: the slopes come from a line through them")
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="adloop-scale-") as tmp:
