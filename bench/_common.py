@@ -52,21 +52,25 @@ def write_manifest(path: Path, n: int, repeats: int = 1) -> Path:
 
 
 def run_measured(cmd: list[str], poll_s: float = 0.1, cpu_poll_s: float = 1.0) -> dict:
-    """Run a command; return its wall time, the peak RSS of that process alone (not its children), and the
-    CPU seconds of it and of every process under it (Ray's daemons and workers), split into the driver,
-    the generation actor(s) and the rest.
+    """Run a command; return its wall time, the peak RSS and peak USS of that process alone (not its
+    children), and the CPU seconds of it and of every process under it (Ray's daemons and workers), split
+    into the driver, the generation actor(s) and the rest.
+
+    USS is the memory only this process holds: RSS also counts the shared pages it has touched, e.g. Ray's
+    object-store blocks, which are not the driver's own. USS is read every ``cpu_poll_s`` (reading it walks
+    the process's memory map).
 
     CPU times are read every ``cpu_poll_s``; a process that ends between two reads loses at most that much
     of its time, which is small against runs of minutes (and Ray keeps its workers for the whole run).
     """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = peak_uss = 0
     cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the latest read)
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_uss
         driver = psutil.Process(proc.pid)
         next_cpu = 0.0
         while not stop.is_set():
@@ -74,6 +78,7 @@ def run_measured(cmd: list[str], poll_s: float = 0.1, cpu_poll_s: float = 1.0) -
                 peak = max(peak, driver.memory_info().rss)
                 if time.perf_counter() >= next_cpu:
                     next_cpu = time.perf_counter() + cpu_poll_s
+                    peak_uss = max(peak_uss, driver.memory_full_info().uss)
                     _read_cpu(driver, cpu)
             except psutil.Error:
                 return
@@ -90,7 +95,13 @@ def run_measured(cmd: list[str], poll_s: float = 0.1, cpu_poll_s: float = 1.0) -
     by_role = {"driver": 0.0, "generation_actor": 0.0, "other": 0.0}
     for role, seconds in cpu.values():
         by_role[role] += seconds
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak / 2**20, "cpu_seconds": by_role, "stdout": out}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": peak / 2**20,
+        "peak_uss_mb": peak_uss / 2**20,
+        "cpu_seconds": by_role,
+        "stdout": out,
+    }
 
 
 def _read_cpu(driver: psutil.Process, cpu: dict[int, tuple[str, float]]) -> None:

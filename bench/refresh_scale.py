@@ -2,8 +2,9 @@
 framework's own ceiling.
 
 Memory must stay flat as the catalog grows (the driver streams the input and only counts), and time
-must grow linearly. Each size runs `adloop refresh` as its own process; the driver's peak RSS is
-sampled from outside (Ray's worker processes are not counted: they are not the driver).
+must grow linearly. Each size runs `adloop refresh` as its own process; the driver's peak RSS and USS
+are sampled from outside (Ray's worker processes are not counted: they are not the driver; USS leaves out
+the object-store pages the driver has mapped, which RSS counts).
 
 The ceiling, what the framework alone could serve if the generator cost nothing: the CPU seconds of every
 process of the run but the generation actor (the driver, Ray's daemons, the task workers, the scoring
@@ -75,6 +76,7 @@ def main() -> None:
                     "seconds_per_sku": run["seconds"] / n,
                     "generator_seconds_per_sku": float(np.sum(gen_seconds)) / n,
                     "driver_peak_rss_mb": run["peak_rss_mb"],
+                    "driver_peak_uss_mb": run["peak_uss_mb"],
                     "cpu_seconds": run["cpu_seconds"],
                 }
             )
@@ -96,7 +98,8 @@ def main() -> None:
                 "framework_ceiling_skus_per_second_by_cpu": cores / c,
                 "time_ratio": last["seconds"] / first["seconds"],
                 "size_ratio": last["skus"] / first["skus"],
-                "memory_ratio_last_over_previous": last["driver_peak_rss_mb"] / rows[-2]["driver_peak_rss_mb"],
+                "rss_ratio_last_over_previous": last["driver_peak_rss_mb"] / rows[-2]["driver_peak_rss_mb"],
+                "uss_ratio_last_over_previous": last["driver_peak_uss_mb"] / rows[-2]["driver_peak_uss_mb"],
             },
             indent=2,
         )
