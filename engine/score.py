@@ -22,6 +22,7 @@ from engine.columns import encode_lists
 from engine.config import FIXED_RATE_PREFIX, ScorerConfig
 from engine.torch_thread import TorchThread
 from rfnet import LABELS
+from rfnet.checkpoint_files import CONFIG_NAME, read_meta
 from rfnet.config import INSPECTOR, MAP_PRESET_NAMES, PRESET_NAMES, TRAINED_RFNETS
 
 
@@ -34,8 +35,6 @@ def checked_scorer_paths(rfnet: str, depth: str, saliency: str) -> tuple[str, st
             ``.pth`` file).
     """
     if rfnet not in (*PRESET_NAMES, *TRAINED_RFNETS, INSPECTOR) and not rfnet.startswith(FIXED_RATE_PREFIX):
-        from rfnet.checkpoint import CONFIG_NAME, read_meta  # here: it imports torch, which presets never need
-
         try:
             read_meta(rfnet)  # config.json, the weights file and the label set: its error names all three
         except FileNotFoundError as err:

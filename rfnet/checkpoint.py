@@ -20,16 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cluster.storage import write_bytes_atomic
+from rfnet.checkpoint_files import CONFIG_NAME, FORMAT_VERSION, TOKENIZER_DIR, WEIGHTS_NAME, read_meta
 from rfnet.config import LABELS, PRESET_NAMES, TRAINED_RFNETS, RFNetConfig, preset
 from rfnet.model import RFNet
 from rfnet.preprocess import Preprocess, resolve_inputs
 from rfnet.text import load_tokenizer
 from rfnet.weights import PretrainedWeightsError, load_checked
-
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
 
 
 def build(cfg: RFNetConfig, seed: int = 0) -> tuple[RFNet, Preprocess]:
@@ -90,25 +86,6 @@ def save(model: RFNet, folder: str, threshold: float = 0.5, tokenizer=None) -> N
     # config.json last: a folder with a config.json is a complete checkpoint.
     with open(os.path.join(folder, CONFIG_NAME), "w") as f:
         json.dump(meta, f, indent=2)
-
-
-def read_meta(folder: str) -> dict:
-    """The parsed ``config.json`` of a checkpoint folder, with its label set checked.
-
-    Raises:
-        FileNotFoundError: not a checkpoint folder.
-        ValueError: the labels differ from ``LABELS``, named with the file.
-    """
-    path = os.path.join(folder, CONFIG_NAME)
-    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
-        raise FileNotFoundError(
-            f"RFNet checkpoint {folder!r}: expected 'tiny', 'paper' or a folder with {CONFIG_NAME} + {WEIGHTS_NAME}"
-        )
-    with open(path) as f:
-        meta = json.load(f)
-    if tuple(meta.get("labels", ())) != LABELS:
-        raise ValueError(f"{path}: labels {meta.get('labels')} differ from this code's {list(LABELS)}")
-    return meta
 
 
 def set_threshold(folder: str, threshold: float) -> None:

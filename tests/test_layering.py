@@ -89,9 +89,11 @@ def test_stage_modules_do_not_import_ray(relpath):
 # engine.pool_actors, which must not drag in diffusers (the generator) or ray. Every task worker of a refresh
 # round imports engine.task_calls and engine.refresh_stages (the functions and stage objects it runs):
 # diffusers or torch there would cost each new worker seconds of imports, again every round. The refresh's
-# driver (engine.pipeline) checks model paths and starts the pools but runs no model: it imports neither.
+# driver (engine.pipeline) checks model paths and starts the pools but runs no model: it imports neither, also
+# when it checks an RFNet checkpoint folder (rfnet.checkpoint_files).
 LIGHT_IMPORTS = {
     "engine.pipeline": ("diffusers", "torch"),
+    "rfnet.checkpoint_files": ("torch",),
     "engine.score": ("diffusers", "ray"),
     "engine.refresh_stages": ("diffusers", "torch"),
     "engine.task_calls": ("diffusers", "torch"),
