@@ -109,7 +109,7 @@ def _read_cpu(driver: psutil.Process, cpu: dict[int, tuple[str, float]]) -> None
     for p in [driver, *driver.children(recursive=True)]:
         try:
             times = p.cpu_times()
-            title = " ".join(p.cmdline()[:1])
+            title = (p.cmdline() or [""])[0]
         except psutil.Error:  # ended meanwhile: its last read stands
             continue
         role = (
